@@ -1,0 +1,55 @@
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use triptrip_realtime::config::Settings;
+use triptrip_realtime::db::{self, Database};
+use triptrip_realtime::{migrate, server};
+
+/// Realtime rooms, documents and notifications on PostgreSQL.
+#[derive(Parser)]
+#[command(name = "triptrip-realtime", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default): HTTP/WebSocket listener and replication worker.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the replication slot's state: holder, confirmed position, lag and retained WAL.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => server::serve(cli.settings).await,
+        Command::Migrate => {
+            let database = Database::open(&cli.settings).await?;
+            let mut client = db::connect(&database.url).await?;
+            db::check_logical_replication(&client).await?;
+            let applied = migrate::run(&mut client).await?;
+            println!("{applied} migration(s) applied");
+            Ok(())
+        }
+        Command::Status => {
+            let database = Database::open(&cli.settings).await?;
+            let client = db::connect(&database.url).await?;
+            print!("{}", db::slot_report(&client, &cli.settings.slot).await?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Operator endpoints: `/health` (the process runs), `/ready` (database reachable and
+//! replication streaming) and `/metrics` (Prometheus text format).
+
+mod metrics;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use deadpool_postgres::Pool;
+use serde_json::json;
+
+use crate::wal::WalStatus;
+
+/// Shared by the operator endpoints.
+#[derive(Clone)]
+pub struct OpsState {
+    pub pool: Pool,
+    pub wal: Arc<WalStatus>,
+    pub slot: String,
+}
+
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<serde_json::Value>) {
+    let database = match state.pool.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    let replication = state.wal.streaming.load(Ordering::Relaxed);
+    let code = if database && replication {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({ "database": database, "replication": replication })),
+    )
+}

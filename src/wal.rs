@@ -1,0 +1,108 @@
+//! The replication worker: holds the server's logical slot and streams committed transactions.
+//!
+//! It confirms a transaction's end LSN to PostgreSQL only after the transaction was handed on,
+//! so after a crash the slot re-sends from the last confirmed position (duplicates, never gaps).
+//! Holding the slot is the leader election between nodes: a slot admits one consumer, and a
+//! node that finds it busy keeps retrying with backoff until it takes over.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use replication::{ConnectConfig, Event, ReplicationStream, StreamConfig};
+use tokio::sync::watch;
+
+/// The publication the migrations create; later migrations add tables to it.
+pub const PUBLICATION: &str = "triptrip_realtime";
+
+/// What the worker has done, read by `/ready` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct WalStatus {
+    pub streaming: AtomicBool,
+    pub received_lsn: AtomicU64,
+    pub acknowledged_lsn: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub transactions: AtomicU64,
+    pub changes: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl WalStatus {
+    fn record(&self, stream: &ReplicationStream) {
+        let stats = stream.stats();
+        self.received_lsn.store(stats.received.0, Ordering::Relaxed);
+        self.acknowledged_lsn
+            .store(stats.acknowledged.0, Ordering::Relaxed);
+        self.reconnects.store(stats.reconnects, Ordering::Relaxed);
+        self.transactions
+            .store(stats.transactions, Ordering::Relaxed);
+        self.changes.store(stats.changes, Ordering::Relaxed);
+        self.bytes.store(stats.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Streams from `slot` until `shutdown` flips to true, then reports the confirmed position
+/// and closes the stream cleanly.
+pub async fn run(
+    database_url: &str,
+    slot: &str,
+    status: Arc<WalStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut connect =
+        ConnectConfig::from_url(database_url).context("parsing the database URL")?;
+    connect.application_name = "triptrip-realtime-wal".into();
+    let config = StreamConfig::new(connect, slot, PUBLICATION);
+    let mut stream = loop {
+        match ReplicationStream::start(config.clone()).await {
+            Ok(stream) => break stream,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "replication not available yet, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e).context("starting logical replication"),
+        }
+    };
+    status.streaming.store(true, Ordering::Relaxed);
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Commit(commit)) => {
+                stream.confirm(commit.end_lsn);
+                status.record(&stream);
+            }
+            Ok(Event::Reconnected { slot_created, .. }) => {
+                status.streaming.store(true, Ordering::Relaxed);
+                if slot_created {
+                    tracing::warn!(slot, "replication slot was missing and has been recreated");
+                }
+                status.record(&stream);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                status.streaming.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "replication stream failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    status.streaming.store(false, Ordering::Relaxed);
+    status.record(&stream);
+    match tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await {
+        Ok(result) => result.context("closing the replication stream"),
+        Err(_) => {
+            tracing::warn!("the replication stream did not close within 5 s");
+            Ok(())
+        }
+    }
+}
