@@ -29,11 +29,15 @@ async fn write_through_outages(url: String, count: i64) {
                 }
             }
         }
-        let insert = client.as_ref().unwrap().execute(
-            "INSERT INTO items (id, room) VALUES ($1, 'r') ON CONFLICT DO NOTHING",
-            &[&id],
-        );
-        match insert.await {
+        let insert = client
+            .as_ref()
+            .unwrap()
+            .execute(
+                "INSERT INTO items (id, room) VALUES ($1, 'r') ON CONFLICT DO NOTHING",
+                &[&id],
+            )
+            .await;
+        match insert {
             Ok(_) => id += 1,
             Err(_) => client = None,
         }
@@ -99,9 +103,11 @@ async fn unconfirmed_transactions_are_sent_again_after_reconnect() {
         .unwrap();
     let mut first = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), async {
-        while first.len() < 2 {
-            if let Some(id) = inserted_id(&stream.next().await.unwrap()) {
-                first.push(id);
+        loop {
+            let event = stream.next().await.unwrap();
+            first.extend(inserted_id(&event));
+            if matches!(event, Event::Commit(_)) {
+                break;
             }
         }
     })
@@ -201,7 +207,7 @@ async fn dropped_slot_is_recreated_and_reported() {
         let url = cluster.url("postgres");
         tokio::spawn(async move {
             let client = sql_client(&url).await;
-            for id in 0..200 {
+            for id in 0i64..200 {
                 client
                     .execute("INSERT INTO items (id, room) VALUES ($1, 'r')", &[&id])
                     .await

@@ -414,6 +414,10 @@ fn enable_tls() {
 
     let tls_user = tcp_psql(&cluster, "tls_user", "tls-pw", "sslmode=require", sql);
     assert_eq!(stdout(&tls_user), "t");
+    // SCRAM-SHA-256-PLUS (tls-server-end-point) works with the certificate.
+    let bound = format!("{verified} channel_binding=require");
+    let out = tcp_psql(&cluster, "tls_user", "tls-pw", &bound, sql);
+    assert_eq!(stdout(&out), "t");
     let refused = tcp_psql(&cluster, "tls_user", "tls-pw", "sslmode=disable", sql);
     assert!(!refused.status.success());
 }

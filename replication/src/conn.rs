@@ -179,8 +179,12 @@ impl Connection {
                                 .into(),
                         ));
                     }
-                    let client =
-                        ScramSha256::new(password()?.as_bytes(), ChannelBinding::unrequested());
+                    let binding = if self.tls {
+                        ChannelBinding::unsupported()
+                    } else {
+                        ChannelBinding::unrequested()
+                    };
+                    let client = ScramSha256::new(password()?.as_bytes(), binding);
                     frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut self.write)?;
                     scram = Some(client);
                 }

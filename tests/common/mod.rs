@@ -90,3 +90,11 @@ pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> replication::Ls
         .unwrap();
     row.get::<_, String>(0).parse().unwrap()
 }
+
+/// Shows the library's logs in a failing test's output (`RUST_LOG` picks the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
