@@ -34,7 +34,10 @@ impl Database {
             .context("starting the embedded PostgreSQL")?;
         let admin = connect(&cluster.url("postgres")).await?;
         let exists = admin
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&EMBEDDED_DB])
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&EMBEDDED_DB],
+            )
             .await?
             .is_some();
         if !exists {
@@ -48,12 +51,22 @@ impl Database {
         })
     }
 
-    /// Stops the embedded cluster, if any.
+    /// Stops the embedded cluster, if any: the server owns it, even one it adopted from a
+    /// process that died.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         if let Some(mut cluster) = self.embedded {
             tokio::task::spawn_blocking(move || cluster.stop()).await??;
         }
         Ok(())
+    }
+
+    /// For one-shot commands: stops the embedded cluster only if this process started it, so
+    /// `migrate` or `status` next to a running server leaves the server's cluster alone.
+    pub async fn release(self) -> anyhow::Result<()> {
+        match &self.embedded {
+            Some(cluster) if cluster.adopted() => Ok(()),
+            _ => self.shutdown().await,
+        }
     }
 }
 
@@ -153,7 +166,10 @@ pub async fn slot_report(client: &tokio_postgres::Client, slot: &str) -> anyhow:
     };
     let active: bool = row.get(0);
     let pid: Option<i32> = row.get(1);
-    let text = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_else(|| "-".into());
+    let text = |i: usize| {
+        row.get::<_, Option<String>>(i)
+            .unwrap_or_else(|| "-".into())
+    };
     Ok(format!(
         "slot {slot}: {}\n  confirmed_flush_lsn {}\n  restart_lsn         {}\n  wal_status          {}\n  \
          lag                 {}\n  retained WAL        {}\n  max_slot_wal_keep_size {}\n",

@@ -39,17 +39,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => server::serve(cli.settings).await,
         Command::Migrate => {
             let database = Database::open(&cli.settings).await?;
-            let mut client = db::connect(&database.url).await?;
-            db::check_logical_replication(&client).await?;
-            let applied = migrate::run(&mut client).await?;
-            println!("{applied} migration(s) applied");
+            let result = migrate_once(&database.url).await;
+            database.release().await?;
+            println!("{} migration(s) applied", result?);
             Ok(())
         }
         Command::Status => {
             let database = Database::open(&cli.settings).await?;
-            let client = db::connect(&database.url).await?;
-            print!("{}", db::slot_report(&client, &cli.settings.slot).await?);
+            let report = match db::connect(&database.url).await {
+                Ok(client) => db::slot_report(&client, &cli.settings.slot).await,
+                Err(e) => Err(e),
+            };
+            database.release().await?;
+            print!("{}", report?);
             Ok(())
         }
     }
+}
+
+async fn migrate_once(url: &str) -> anyhow::Result<usize> {
+    let mut client = db::connect(url).await?;
+    db::check_logical_replication(&client).await?;
+    migrate::run(&mut client).await
 }

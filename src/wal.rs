@@ -50,8 +50,7 @@ pub async fn run(
     status: Arc<WalStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut connect =
-        ConnectConfig::from_url(database_url).context("parsing the database URL")?;
+    let mut connect = ConnectConfig::from_url(database_url).context("parsing the database URL")?;
     connect.application_name = "triptrip-realtime-wal".into();
     let config = StreamConfig::new(connect, slot, PUBLICATION);
     let mut stream = loop {

@@ -51,18 +51,29 @@ fn cluster_with_users() -> Cluster {
 
 #[tokio::test]
 async fn trust_md5_and_scram_users_connect_and_wrong_passwords_fail() {
-    let cluster = tokio::task::spawn_blocking(cluster_with_users).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(cluster_with_users)
+        .await
+        .unwrap();
     let plain = SslMode::Disable;
-    identify(&config(&cluster, "trust_user", None, plain)).await.unwrap();
-    identify(&config(&cluster, "md5_user", Some("md5 secret"), plain)).await.unwrap();
-    identify(&config(&cluster, "scram_user", Some("scräm secret"), plain)).await.unwrap();
+    identify(&config(&cluster, "trust_user", None, plain))
+        .await
+        .unwrap();
+    identify(&config(&cluster, "md5_user", Some("md5 secret"), plain))
+        .await
+        .unwrap();
+    identify(&config(&cluster, "scram_user", Some("scräm secret"), plain))
+        .await
+        .unwrap();
     for (user, password) in [
         ("md5_user", Some("wrong")),
         ("scram_user", Some("wrong")),
         ("scram_user", None),
         ("nobody", Some("x")),
     ] {
-        let err = identify(&config(&cluster, user, password, plain)).await.err().unwrap();
+        let err = identify(&config(&cluster, user, password, plain))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::Auth(_)), "{user}: {err}");
         assert!(!err.is_transient(), "{user}: bad credentials are definite");
     }
@@ -70,25 +81,50 @@ async fn trust_md5_and_scram_users_connect_and_wrong_passwords_fail() {
 
 #[tokio::test]
 async fn tls_require_encrypts_and_verify_full_checks_the_certificate() {
-    let cluster = tokio::task::spawn_blocking(cluster_with_users).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(cluster_with_users)
+        .await
+        .unwrap();
     let cert = cluster.enable_tls().unwrap();
 
-    let conn = identify(&config(&cluster, "tls_user", Some("tls secret"), SslMode::Require))
-        .await
-        .unwrap();
+    let conn = identify(&config(
+        &cluster,
+        "tls_user",
+        Some("tls secret"),
+        SslMode::Require,
+    ))
+    .await
+    .unwrap();
     assert!(conn.is_tls());
-    let conn = identify(&config(&cluster, "scram_user", Some("scräm secret"), SslMode::Prefer))
-        .await
-        .unwrap();
+    let conn = identify(&config(
+        &cluster,
+        "scram_user",
+        Some("scräm secret"),
+        SslMode::Prefer,
+    ))
+    .await
+    .unwrap();
     assert!(conn.is_tls(), "prefer uses TLS when offered");
 
-    let err = identify(&config(&cluster, "tls_user", Some("tls secret"), SslMode::Disable))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, Error::Auth(ref m) if m.contains("28000")), "{err}");
+    let err = identify(&config(
+        &cluster,
+        "tls_user",
+        Some("tls secret"),
+        SslMode::Disable,
+    ))
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, Error::Auth(ref m) if m.contains("28000")),
+        "{err}"
+    );
 
-    let mut verified = config(&cluster, "tls_user", Some("tls secret"), SslMode::VerifyFull);
+    let mut verified = config(
+        &cluster,
+        "tls_user",
+        Some("tls secret"),
+        SslMode::VerifyFull,
+    );
     verified.ssl_root_cert = Some(cert);
     assert!(identify(&verified).await.unwrap().is_tls());
 

@@ -58,7 +58,10 @@ async fn every_column_type_arrives_as_postgres_text() {
     let Some(Event::Change(Change::Insert { relation, new })) = events.get(1) else {
         panic!("expected an insert, got {events:?}");
     };
-    assert_eq!((relation.namespace.as_str(), relation.name.as_str()), ("public", "typed"));
+    assert_eq!(
+        (relation.namespace.as_str(), relation.name.as_str()),
+        ("public", "typed")
+    );
     let names: Vec<_> = relation.columns.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["id", "t", "j", "b", "u", "ts", "arr", "tags", "n"]);
     assert!(relation.columns[0].is_key);
@@ -114,23 +117,77 @@ async fn updates_and_deletes_carry_old_values_by_replica_identity() {
         })
         .collect();
     assert_eq!(changes.len(), 7);
-    let Change::Update { relation, key, old, new } = changes[1] else { panic!() };
+    let Change::Update {
+        relation,
+        key,
+        old,
+        new,
+    } = changes[1]
+    else {
+        panic!()
+    };
     assert_eq!(relation.replica_identity, ReplicaIdentity::Default);
-    assert_eq!((key, old), (&None, &None), "unchanged key sends no old tuple");
+    assert_eq!(
+        (key, old),
+        (&None, &None),
+        "unchanged key sends no old tuple"
+    );
     assert_eq!(new.0[2].as_str(), Some("{\"x\": 1}"));
-    let Change::Update { key: Some(key), old: None, new, .. } = changes[2] else { panic!() };
-    assert_eq!(key.0[0].as_str(), Some("1"), "changed key sends the old key");
+    let Change::Update {
+        key: Some(key),
+        old: None,
+        new,
+        ..
+    } = changes[2]
+    else {
+        panic!()
+    };
+    assert_eq!(
+        key.0[0].as_str(),
+        Some("1"),
+        "changed key sends the old key"
+    );
     assert_eq!(new.0[0].as_str(), Some("2"));
-    let Change::Delete { key: Some(key), old: None, .. } = changes[3] else { panic!() };
+    let Change::Delete {
+        key: Some(key),
+        old: None,
+        ..
+    } = changes[3]
+    else {
+        panic!()
+    };
     assert_eq!(key.0[0].as_str(), Some("2"));
-    assert_eq!(key.0[1], Value::Null, "a key tuple has only key columns set");
-    let Change::Update { relation, key: None, old: Some(old), new } = changes[5] else {
+    assert_eq!(
+        key.0[1],
+        Value::Null,
+        "a key tuple has only key columns set"
+    );
+    let Change::Update {
+        relation,
+        key: None,
+        old: Some(old),
+        new,
+    } = changes[5]
+    else {
         panic!("{:?}", changes[5])
     };
     assert_eq!(relation.replica_identity, ReplicaIdentity::Full);
-    assert_eq!((old.0[1].as_str(), new.0[1].as_str()), (Some("a"), Some("b")));
-    let Change::Delete { key: None, old: Some(old), .. } = changes[6] else { panic!() };
-    assert_eq!(old, &Tuple(vec![Value::Text("1".into()), Value::Text("b".into())]));
+    assert_eq!(
+        (old.0[1].as_str(), new.0[1].as_str()),
+        (Some("a"), Some("b"))
+    );
+    let Change::Delete {
+        key: None,
+        old: Some(old),
+        ..
+    } = changes[6]
+    else {
+        panic!()
+    };
+    assert_eq!(
+        old,
+        &Tuple(vec![Value::Text("1".into()), Value::Text("b".into())])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,9 +241,11 @@ async fn truncate_and_logical_messages_arrive() {
     })
     .await;
     let truncate = events.iter().find_map(|e| match e {
-        Event::Change(Change::Truncate { relations, cascade, restart_identity }) => {
-            Some((relations[0].name.clone(), *cascade, *restart_identity))
-        }
+        Event::Change(Change::Truncate {
+            relations,
+            cascade,
+            restart_identity,
+        }) => Some((relations[0].name.clone(), *cascade, *restart_identity)),
         _ => None,
     });
     assert_eq!(truncate, Some(("items".to_owned(), false, true)));

@@ -123,7 +123,13 @@ async fn unconfirmed_transactions_are_sent_again_after_reconnect() {
     let mut again = Vec::new();
     let mut reconnected = false;
     read_until(&mut stream, Duration::from_secs(30), |e| {
-        reconnected |= matches!(e, Event::Reconnected { slot_created: false, .. });
+        reconnected |= matches!(
+            e,
+            Event::Reconnected {
+                slot_created: false,
+                ..
+            }
+        );
         again.extend(inserted_id(e));
         again.len() == 2
     })
@@ -162,11 +168,17 @@ async fn idle_slot_advances_while_only_unpublished_tables_change() {
     let mut advanced = false;
     for _ in 0..150 {
         client
-            .execute("INSERT INTO other (v) SELECT repeat('x', 1000) FROM generate_series(1, 100)", &[])
+            .execute(
+                "INSERT INTO other (v) SELECT repeat('x', 1000) FROM generate_series(1, 100)",
+                &[],
+            )
             .await
             .unwrap();
         if target == Lsn::ZERO {
-            let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap();
+            let row = client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap();
             target = row.get::<_, String>(0).parse().unwrap();
         }
         if confirmed_flush_lsn(&client, "idle").await >= target {
@@ -178,7 +190,10 @@ async fn idle_slot_advances_while_only_unpublished_tables_change() {
     done.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     assert!(target > start);
-    assert!(advanced, "confirmed_flush_lsn stayed behind {target} (started at {start})");
+    assert!(
+        advanced,
+        "confirmed_flush_lsn stayed behind {target} (started at {start})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +232,13 @@ async fn dropped_slot_is_recreated_and_reported() {
         })
     };
     read_until(&mut stream, Duration::from_secs(30), |e| {
-        recreated |= matches!(e, Event::Reconnected { slot_created: true, .. });
+        recreated |= matches!(
+            e,
+            Event::Reconnected {
+                slot_created: true,
+                ..
+            }
+        );
         ids.extend(inserted_id(e));
         ids.contains(&199)
     })

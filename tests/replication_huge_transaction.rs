@@ -45,5 +45,8 @@ async fn million_row_transaction_streams_in_bounded_memory() {
     assert_eq!(rows, 1_000_000);
     let growth_mb = (peak.saturating_sub(before)) / 1024;
     // The transaction is about 150 MB of row data; buffering it would show here.
-    assert!(growth_mb < 32, "memory grew by {growth_mb} MB while streaming");
+    assert!(
+        growth_mb < 32,
+        "memory grew by {growth_mb} MB while streaming"
+    );
 }

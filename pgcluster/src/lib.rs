@@ -154,6 +154,8 @@ pub struct Cluster {
     run_as: Option<OsUser>,
     /// `Some` for temporary clusters: removed (after an immediate stop) on drop.
     temp_dir: Option<tempfile::TempDir>,
+    /// `open` found the postmaster already running and took it over.
+    adopted: bool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -327,6 +329,7 @@ impl Cluster {
             settings,
             run_as,
             temp_dir,
+            adopted: false,
         };
 
         if cluster.temp_dir.is_some() {
@@ -363,6 +366,7 @@ impl Cluster {
         };
         cluster.write_port_file()?;
         cluster.write_settings()?;
+        cluster.adopted = running_port.is_some();
         if running_port.is_some() {
             // Adopting: apply whatever settings can change without a restart.
             let _ = cluster.run_pg(cluster.pg_ctl("reload"), false);
@@ -372,6 +376,12 @@ impl Cluster {
     }
 
     /// TCP port on [`Cluster::host`].
+    /// Whether `open` found this cluster already running (left by an earlier process) instead
+    /// of starting it.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

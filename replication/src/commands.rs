@@ -45,7 +45,10 @@ impl Connection {
             quote_ident(name)?,
             if temporary { " TEMPORARY" } else { "" }
         );
-        let row = single_row(self.simple_query(&sql).await?.rows, "CREATE_REPLICATION_SLOT")?;
+        let row = single_row(
+            self.simple_query(&sql).await?.rows,
+            "CREATE_REPLICATION_SLOT",
+        )?;
         Ok(SlotInfo {
             name: name.to_owned(),
             consistent_point: parse_lsn(row.get(1).cloned().flatten(), "CREATE_REPLICATION_SLOT")?,

@@ -110,7 +110,9 @@ impl ConnectConfig {
             config.dbname = percent_decode(path).ok_or_else(|| bad("bad %-escape in dbname"))?;
         }
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').ok_or_else(|| bad("parameter without ="))?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("parameter without ="))?;
             let value = percent_decode(value).ok_or_else(|| bad("bad %-escape in parameter"))?;
             match key {
                 "sslmode" => {
@@ -119,11 +121,9 @@ impl ConnectConfig {
                         "prefer" | "allow" => SslMode::Prefer,
                         "require" => SslMode::Require,
                         "verify-full" => SslMode::VerifyFull,
-                        other => {
-                            return Err(Error::Config(format!(
-                                "unsupported sslmode {other:?} (disable, prefer, require, verify-full)"
-                            )))
-                        }
+                        other => return Err(Error::Config(format!(
+                            "unsupported sslmode {other:?} (disable, prefer, require, verify-full)"
+                        ))),
                     }
                 }
                 "sslrootcert" => config.ssl_root_cert = Some(value.into()),
@@ -185,7 +185,10 @@ mod tests {
     fn parses_ipv6_and_defaults() {
         let c = ConnectConfig::from_url("postgres://[::1]:6000").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 6000));
-        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("postgres", "postgres"));
+        assert_eq!(
+            (c.user.as_str(), c.dbname.as_str()),
+            ("postgres", "postgres")
+        );
         assert_eq!(c.password, None);
     }
 
@@ -201,7 +204,10 @@ mod tests {
             "postgres://[::1/db",
             "postgres://h:99999/db",
         ] {
-            assert!(ConnectConfig::from_url(url).is_err(), "{url} should be rejected");
+            assert!(
+                ConnectConfig::from_url(url).is_err(),
+                "{url} should be rejected"
+            );
         }
     }
 }

@@ -175,8 +175,7 @@ impl Connection {
                         .map_err(|e| Error::Protocol(e.to_string()))?;
                     if !offers_scram {
                         return Err(Error::Auth(
-                            "the server offers no SASL mechanism we support (SCRAM-SHA-256)"
-                                .into(),
+                            "the server offers no SASL mechanism we support (SCRAM-SHA-256)".into(),
                         ));
                     }
                     let binding = if self.tls {
@@ -185,7 +184,11 @@ impl Connection {
                         ChannelBinding::unrequested()
                     };
                     let client = ScramSha256::new(password()?.as_bytes(), binding);
-                    frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut self.write)?;
+                    frontend::sasl_initial_response(
+                        SCRAM_SHA_256,
+                        client.message(),
+                        &mut self.write,
+                    )?;
                     scram = Some(client);
                 }
                 Message::AuthenticationSaslContinue(body) => {
@@ -247,15 +250,16 @@ impl Connection {
                     let buf = body.buffer();
                     let row = body
                         .ranges()
-                        .map(|r| {
-                            Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()))
-                        })
+                        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
                         .collect()
                         .map_err(|e| Error::Protocol(e.to_string()))?;
                     result.rows.push(row);
                 }
                 Message::CommandComplete(body) => {
-                    result.tag = body.tag().map_err(|e| Error::Protocol(e.to_string()))?.into();
+                    result.tag = body
+                        .tag()
+                        .map_err(|e| Error::Protocol(e.to_string()))?
+                        .into();
                 }
                 Message::EmptyQueryResponse | Message::NoticeResponse(_) => {}
                 Message::ErrorResponse(body) => error = Some(db_error(body.fields())),
@@ -272,7 +276,7 @@ impl Connection {
         loop {
             if self.read.len() >= 5 && self.read[0] == b'W' {
                 let len = header_len(&self.read)?;
-                if self.read.len() >= len + 1 {
+                if self.read.len() > len {
                     let _ = self.read.split_to(len + 1);
                     return Ok(());
                 }

@@ -67,7 +67,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for s in ["", "/", "0", "1/", "/1", "G/0", "1/2/3", "100000000/0", " 1/2"] {
+        for s in [
+            "",
+            "/",
+            "0",
+            "1/",
+            "/1",
+            "G/0",
+            "1/2/3",
+            "100000000/0",
+            " 1/2",
+        ] {
             assert!(s.parse::<Lsn>().is_err(), "{s:?} should not parse");
         }
     }

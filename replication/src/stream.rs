@@ -75,7 +75,10 @@ pub enum Event {
     /// The connection was re-established. A transaction that was cut short will be sent again
     /// whole; `slot_created` means the slot had vanished and was created anew, so changes
     /// committed meanwhile are not in the stream and must be recovered from the tables.
-    Reconnected { resume_from: Lsn, slot_created: bool },
+    Reconnected {
+        resume_from: Lsn,
+        slot_created: bool,
+    },
 }
 
 /// A row change, with the shape of its table.
@@ -304,7 +307,9 @@ impl ReplicationStream {
         self.last_heard = Instant::now();
         let data = match message {
             CopyMessage::Done => {
-                return Err(Error::Protocol("the server ended the replication stream".into()))
+                return Err(Error::Protocol(
+                    "the server ended the replication stream".into(),
+                ))
             }
             CopyMessage::Data(data) => data,
         };
@@ -375,10 +380,9 @@ impl ReplicationStream {
     }
 
     fn relation(&self, id: u32) -> Result<Arc<Relation>, Error> {
-        self.relations
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::Protocol(format!("change for relation {id} before its description")))
+        self.relations.get(&id).cloned().ok_or_else(|| {
+            Error::Protocol(format!("change for relation {id} before its description"))
+        })
     }
 
     async fn status(&mut self, reply_requested: bool) -> Result<(), Error> {

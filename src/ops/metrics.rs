@@ -17,7 +17,10 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
     let mut out = String::with_capacity(2048);
     let wal = &state.wal;
     let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
     gauge(
         &mut out,
@@ -27,12 +30,34 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
         f64::from(u8::from(wal.streaming.load(Ordering::Relaxed))),
     );
     for (name, help, value) in [
-        ("triptrip_replication_reconnects_total", "Replication connections re-established.", &wal.reconnects),
-        ("triptrip_replication_transactions_total", "Committed transactions received.", &wal.transactions),
-        ("triptrip_replication_changes_total", "Row changes received.", &wal.changes),
-        ("triptrip_replication_received_bytes_total", "Replication payload bytes received.", &wal.bytes),
+        (
+            "triptrip_replication_reconnects_total",
+            "Replication connections re-established.",
+            &wal.reconnects,
+        ),
+        (
+            "triptrip_replication_transactions_total",
+            "Committed transactions received.",
+            &wal.transactions,
+        ),
+        (
+            "triptrip_replication_changes_total",
+            "Row changes received.",
+            &wal.changes,
+        ),
+        (
+            "triptrip_replication_received_bytes_total",
+            "Replication payload bytes received.",
+            &wal.bytes,
+        ),
     ] {
-        gauge(&mut out, name, help, "counter", value.load(Ordering::Relaxed) as f64);
+        gauge(
+            &mut out,
+            name,
+            help,
+            "counter",
+            value.load(Ordering::Relaxed) as f64,
+        );
     }
     gauge(
         &mut out,
@@ -42,7 +67,11 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
         wal.acknowledged_lsn.load(Ordering::Relaxed) as f64,
     );
     let slot = match state.pool.get().await {
-        Ok(client) => client.query_opt(SLOT_SQL, &[&state.slot]).await.ok().flatten(),
+        Ok(client) => client
+            .query_opt(SLOT_SQL, &[&state.slot])
+            .await
+            .ok()
+            .flatten(),
         Err(_) => None,
     };
     if let Some(row) = slot {

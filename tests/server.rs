@@ -1,0 +1,302 @@
+//! The `triptrip-realtime` binary end to end: embedded PostgreSQL kept across restarts,
+//! `DATABASE_URL` with its `wal_level` check, migrations, readiness, metrics and SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgcluster::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_triptrip-realtime");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(envs: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env("TRIPTRIP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        Server {
+            child: command.spawn().expect("spawn the server"),
+            port,
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(self.port, "/ready").await {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the server exited before it was ready: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server was not ready in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn embedded_is_running(data_dir: &Path) -> bool {
+    let pid_file = data_dir.join("postgres/pgdata/postmaster.pid");
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| Path::new("/proc").join(l.trim()).exists())
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_postgres_starts_without_configuration_and_keeps_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    let mut server = Server::start(&[("TRIPTRIP_DATA_DIR", data)]);
+    server.wait_ready().await;
+    let (status, body) = http_get(server.port, "/health").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (_, metrics) = http_get(server.port, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("triptrip_replication_streaming 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("triptrip_replication_retained_wal_bytes"),
+        "{metrics}"
+    );
+
+    let port: u16 = std::fs::read_to_string(data_dir.join("postgres/port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let password = std::fs::read_to_string(data_dir.join("postgres/postgres.password")).unwrap();
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/triptrip",
+        password.trim()
+    );
+    sql_client(&url)
+        .await
+        .batch_execute(
+            "CREATE TABLE public.kept (v text); INSERT INTO public.kept VALUES ('still here')",
+        )
+        .await
+        .unwrap();
+    server.terminate();
+    assert!(
+        !embedded_is_running(&data_dir),
+        "SIGTERM stops the embedded PostgreSQL"
+    );
+
+    let mut server = Server::start(&[("TRIPTRIP_DATA_DIR", data)]);
+    server.wait_ready().await;
+    let row = sql_client(&url)
+        .await
+        .query_one("SELECT v FROM public.kept", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "still here");
+    let status = run(&["status"], &[("TRIPTRIP_DATA_DIR", data)]);
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        report.contains("slot triptrip_realtime: active"),
+        "{report}"
+    );
+    assert!(
+        embedded_is_running(&data_dir),
+        "`status` leaves the server's cluster running"
+    );
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_url_without_logical_wal_is_refused_with_the_setting_named() {
+    let cluster =
+        tokio::task::spawn_blocking(|| Cluster::temporary_with(&[("wal_level", "replica")]))
+            .await
+            .unwrap()
+            .unwrap();
+    let output = run(&["serve"], &[("DATABASE_URL", &cluster.url("postgres"))]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wal_level=logical"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_url_server_streams_and_releases_its_slot_on_sigterm() {
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = cluster.url("postgres");
+    let mut server = Server::start(&[("DATABASE_URL", &url), ("TRIPTRIP_SLOT", "node_a")]);
+    server.wait_ready().await;
+    let client = sql_client(&url).await;
+    let active: bool = client
+        .query_one(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'node_a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(active);
+    server.terminate();
+    let active: bool = client
+        .query_one(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'node_a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!active, "the slot is released on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_migrating_together_apply_each_migration_once() {
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = cluster.url("postgres");
+    let outputs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| run(&["migrate"], &[("DATABASE_URL", &url)])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut applied = 0;
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        applied += stdout
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
+    }
+    let client = sql_client(&url).await;
+    let versions: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        applied as i64, versions,
+        "each migration applied by exactly one node"
+    );
+    let publication: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'triptrip_realtime'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publication, 1);
+}
+
+#[test]
+fn help_documents_the_configuration() {
+    let output = run(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "DATABASE_URL",
+        "TRIPTRIP_DATA_DIR",
+        "TRIPTRIP_LISTEN",
+        "serve",
+        "migrate",
+        "status",
+    ] {
+        assert!(help.contains(needle), "--help mentions {needle}:\n{help}");
+    }
+}
