@@ -132,21 +132,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5/db"),
-            "postgres://u:***@h:5/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-    }
-}
-
 /// A human-readable account of the slot, for `triptrip-realtime status`.
 pub async fn slot_report(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<String> {
     let row = client
@@ -184,4 +169,19 @@ pub async fn slot_report(client: &tokio_postgres::Client, slot: &str) -> anyhow:
         text(6),
         text(7),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
 }

@@ -13,6 +13,14 @@ use crate::wal::{self, WalStatus};
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let database = Database::open(&settings).await?;
+    if let Some(cluster) = &database.embedded {
+        tracing::info!(
+            "embedded PostgreSQL on port {port}; connect with: psql -h {socket} -p {port} -U postgres {db}",
+            port = cluster.port(),
+            socket = cluster.socket_dir().display(),
+            db = db::EMBEDDED_DB,
+        );
+    }
     let result = serve_on(&settings, &database.url).await;
     database.shutdown().await?;
     result
