@@ -267,3 +267,40 @@ async fn missing_publication_is_a_definite_error() {
     assert_eq!(err.code(), Some("42704"), "{err}");
     assert!(!err.is_transient());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_shutdown_reports_positions_and_frees_the_slot() {
+    let (cluster, client) = cluster_with_items().await;
+    let mut stream = start_stream(&cluster, "bye", "pub").await;
+    client
+        .execute("INSERT INTO items (room) VALUES ('r')", &[])
+        .await
+        .unwrap();
+    let mut end = Lsn::ZERO;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Event::Commit(commit) = stream.next().await.unwrap() {
+                end = commit.end_lsn;
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    stream.report_positions(end, end, Lsn(end.0 - 1));
+    stream.shutdown().await.expect("CopyDone handshake");
+    assert_eq!(confirmed_flush_lsn(&client, "bye").await, end);
+    let mut active = true;
+    for _ in 0..100 {
+        active = client
+            .query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 'bye'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if !active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!active, "the walsender let go of the slot after the session ended");
+}

@@ -124,6 +124,9 @@ pub struct ReplicationStream {
     conn: Option<Connection>,
     relations: HashMap<u32, Arc<Relation>>,
     confirmed: Lsn,
+    /// Positions the caller reported for the status's write and apply fields, if any.
+    written: Option<Lsn>,
+    applied: Option<Lsn>,
     delivered_end: Lsn,
     in_transaction: bool,
     next_status: Instant,
@@ -143,6 +146,8 @@ impl ReplicationStream {
             confirmed: config.start_lsn,
             config,
             conn: None,
+            written: None,
+            applied: None,
             relations: HashMap::new(),
             delivered_end: Lsn::ZERO,
             in_transaction: false,
@@ -189,6 +194,16 @@ impl ReplicationStream {
     pub fn confirm(&mut self, lsn: Lsn) {
         self.confirmed = self.confirmed.max(lsn);
         self.stats.acknowledged = self.stats.acknowledged.max(lsn);
+    }
+
+    /// Sets all three positions of the standby status, for a caller that tells apart data
+    /// received (`write`), made durable (`flush`, which is what the slot keeps) and acted on
+    /// (`apply`). Positions never move backwards. [`Self::confirm`] is `flush` alone; without
+    /// this call `write` is what arrived and `apply` equals `flush`.
+    pub fn report_positions(&mut self, write: Lsn, flush: Lsn, apply: Lsn) {
+        self.written = Some(self.written.unwrap_or(Lsn::ZERO).max(write));
+        self.applied = Some(self.applied.unwrap_or(Lsn::ZERO).max(apply));
+        self.confirm(flush);
     }
 
     /// The position the caller confirmed.
@@ -392,9 +407,9 @@ impl ReplicationStream {
         let acked = self.stats.acknowledged;
         self.scratch.clear();
         StandbyStatus {
-            write: self.stats.received.max(acked),
+            write: self.written.unwrap_or(self.stats.received).max(acked),
             flush: acked,
-            apply: acked,
+            apply: self.applied.unwrap_or(acked),
             client_time: pg_now(),
             reply_requested,
         }
