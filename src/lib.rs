@@ -2,9 +2,13 @@
 //! logical replication into rooms and out to clients.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod gateway;
+pub mod hub;
 pub mod migrate;
 pub mod ops;
+pub mod protocol;
 pub mod server;
 pub mod wal;

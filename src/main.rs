@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use triptrip_realtime::config::Settings;
@@ -24,6 +26,8 @@ enum Command {
     Migrate,
     /// Print the replication slot's state: holder, confirmed position, lag and retained WAL.
     Status,
+    /// Print a JWT the server accepts (signed with the configured or generated key).
+    Token(cli::token::TokenArgs),
 }
 
 #[tokio::main]
@@ -36,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Token(args) => cli::token::run(&cli.settings, &args),
         Command::Serve => server::serve(cli.settings).await,
         Command::Migrate => {
             let database = Database::open(&cli.settings).await?;

@@ -1,4 +1,5 @@
-//! `serve`: open the database, migrate, stream the WAL and answer HTTP until SIGTERM/SIGINT.
+//! `serve`: open the database, migrate, stream the WAL into the hub and serve clients until
+//! SIGTERM/SIGINT, then drain (seed §3.3).
 
 use std::sync::Arc;
 
@@ -6,61 +7,92 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Verifier;
 use crate::config::Settings;
 use crate::db::{self, Database};
+use crate::gateway::store::Store;
+use crate::gateway::Gateway;
+use crate::hub::Hub;
 use crate::ops::{self, OpsState};
 use crate::wal::{self, WalStatus};
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let database = Database::open(&settings).await?;
-    if let Some(cluster) = &database.embedded {
-        tracing::info!(
-            "embedded PostgreSQL on port {port}; connect with: psql -h {socket} -p {port} -U postgres {db}",
-            port = cluster.port(),
-            socket = cluster.socket_dir().display(),
-            db = db::EMBEDDED_DB,
-        );
-    }
-    let result = serve_on(&settings, &database.url).await;
+    let result = serve_on(&settings, &database).await;
     database.shutdown().await?;
     result
 }
 
-async fn serve_on(settings: &Settings, url: &str) -> anyhow::Result<()> {
+async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()> {
+    let url = database.url.as_str();
     let mut client = db::connect(url).await?;
     db::check_logical_replication(&client).await?;
     crate::migrate::run(&mut client).await?;
     drop(client);
 
+    let verifier = Verifier::from_settings(settings)?;
     let pool = db::pool(url, 16)?;
+    let hub = Arc::new(Hub::default());
     let status = Arc::new(WalStatus::default());
     let (stop, stopped) = watch::channel(false);
     let worker = {
-        let (url, slot, status) = (url.to_owned(), settings.slot.clone(), status.clone());
-        tokio::spawn(async move { wal::run(&url, &slot, status, stopped).await })
+        let (url, slot) = (url.to_owned(), settings.slot.clone());
+        let (hub, status) = (hub.clone(), status.clone());
+        tokio::spawn(async move { wal::run(&url, &slot, hub, status, stopped).await })
     };
-
-    let app = ops::router(OpsState {
+    let gateway = Arc::new(Gateway::new(
+        hub,
+        Store::new(pool.clone(), settings.gateway.replay_retention_secs),
+        verifier,
+        settings.gateway.clone(),
+    ));
+    let app = gateway.router().merge(ops::router(OpsState {
         pool,
         wal: status,
         slot: settings.slot.clone(),
-    });
+        gateway: gateway.clone(),
+    }));
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "listening");
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    if let Some(cluster) = &database.embedded {
+        print_welcome(&address.to_string(), cluster);
+    }
     let mut http_stop = stop.subscribe();
+    let draining = gateway.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = http_stop.changed() => {}
             }
+            tracing::info!("draining connections");
+            draining.drain().await;
         })
         .await?;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     worker.await.context("replication worker panicked")?
+}
+
+/// What a newcomer needs to see an event flow, printed by `./run.sh`.
+fn print_welcome(address: &str, cluster: &pgcluster::Cluster) {
+    let psql = format!(
+        "psql -h {} -p {} -U postgres {}",
+        cluster.socket_dir().display(),
+        cluster.port(),
+        db::EMBEDDED_DB
+    );
+    println!(
+        "\nTripTrip Realtime is running.\n\
+         \n  WebSocket   ws://{address}/ws?token=<JWT>\
+         \n  token       triptrip-realtime token --user alice --room 'demo:*'\
+         \n  watch       triptrip-realtime listen --room demo:lobby\
+         \n  publish     {psql} -c \"SELECT realtime.publish('demo:lobby', 'hello', '{{\\\"text\\\": \\\"hi\\\"}}')\"\
+         \n  health      curl http://{address}/ready\n"
+    );
 }
 
 async fn shutdown_signal() {

@@ -293,7 +293,10 @@ async fn clean_shutdown_reports_positions_and_frees_the_slot() {
     let mut active = true;
     for _ in 0..100 {
         active = client
-            .query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 'bye'", &[])
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'bye'",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -302,5 +305,8 @@ async fn clean_shutdown_reports_positions_and_frees_the_slot() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!active, "the walsender let go of the slot after the session ended");
+    assert!(
+        !active,
+        "the walsender let go of the slot after the session ended"
+    );
 }

@@ -11,7 +11,10 @@ use pgcluster::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sql_example_runs() {
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary).await.unwrap().unwrap();
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+        .await
+        .unwrap()
+        .unwrap();
     let url = cluster.url("postgres");
     let mut server = Command::new(env!("CARGO_BIN_EXE_triptrip-realtime"))
         .args(["serve", "--listen", "127.0.0.1:0"])

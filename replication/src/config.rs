@@ -121,9 +121,11 @@ impl ConnectConfig {
                         "prefer" | "allow" => SslMode::Prefer,
                         "require" => SslMode::Require,
                         "verify-full" => SslMode::VerifyFull,
-                        other => return Err(Error::Config(format!(
+                        other => {
+                            return Err(Error::Config(format!(
                             "unsupported sslmode {other:?} (disable, prefer, require, verify-full)"
-                        ))),
+                        )))
+                        }
                     }
                 }
                 "sslrootcert" => config.ssl_root_cert = Some(value.into()),

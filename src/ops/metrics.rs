@@ -59,6 +59,68 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
             value.load(Ordering::Relaxed) as f64,
         );
     }
+    let gw = &state.gateway;
+    gauge(
+        &mut out,
+        "triptrip_connections",
+        "Open client connections, all transports.",
+        "gauge",
+        gw.connections() as f64,
+    );
+    gauge(
+        &mut out,
+        "triptrip_rooms",
+        "Rooms with at least one subscriber on this node.",
+        "gauge",
+        gw.hub.rooms() as f64,
+    );
+    for (name, help, value) in [
+        (
+            "triptrip_connections_total",
+            "Client connections accepted.",
+            &gw.stats.connections_total,
+        ),
+        (
+            "triptrip_connections_rejected_total",
+            "Connections refused by the per-user limit.",
+            &gw.stats.rejected,
+        ),
+        (
+            "triptrip_slow_consumer_disconnects_total",
+            "Connections cut because their queue passed its byte budget.",
+            &gw.stats.slow_consumers,
+        ),
+        (
+            "triptrip_publishes_total",
+            "Client publishes committed.",
+            &gw.stats.publishes,
+        ),
+        (
+            "triptrip_events_in_total",
+            "Room events received from the WAL.",
+            &gw.hub.stats.events,
+        ),
+        (
+            "triptrip_deliveries_total",
+            "Room events queued to subscribers.",
+            &gw.hub.stats.deliveries,
+        ),
+    ] {
+        gauge(
+            &mut out,
+            name,
+            help,
+            "counter",
+            value.load(Ordering::Relaxed) as f64,
+        );
+    }
+    gauge(
+        &mut out,
+        "triptrip_replication_lag_seconds",
+        "Delay between the last transaction's commit and its hand-over to the hub.",
+        "gauge",
+        wal.lag_micros.load(Ordering::Relaxed) as f64 / 1e6,
+    );
     gauge(
         &mut out,
         "triptrip_replication_acknowledged_lsn",

@@ -1,5 +1,5 @@
-//! Operator endpoints: `/health` (the process runs), `/ready` (database reachable and
-//! replication streaming) and `/metrics` (Prometheus text format).
+//! Operator endpoints: `/health` (the process runs), `/ready` (database reachable,
+//! replication streaming, not draining) and `/metrics` (Prometheus text format).
 
 mod metrics;
 
@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use serde_json::json;
 
+use crate::gateway::Gateway;
 use crate::wal::WalStatus;
 
 /// Shared by the operator endpoints.
@@ -21,6 +22,7 @@ pub struct OpsState {
     pub pool: Pool,
     pub wal: Arc<WalStatus>,
     pub slot: String,
+    pub gateway: Arc<Gateway>,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -37,13 +39,14 @@ async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<serde_json::V
         Err(_) => false,
     };
     let replication = state.wal.streaming.load(Ordering::Relaxed);
-    let code = if database && replication {
+    let draining = state.gateway.is_draining();
+    let code = if database && replication && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
-        Json(json!({ "database": database, "replication": replication })),
+        Json(json!({ "database": database, "replication": replication, "draining": draining })),
     )
 }

@@ -1,6 +1,8 @@
 //! Shared test helpers: private clusters, SQL clients and stream collectors.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod server;
+
 use std::time::Duration;
 
 use pgcluster::Cluster;

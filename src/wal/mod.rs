@@ -1,6 +1,7 @@
-//! The replication worker: holds the server's logical slot and streams committed transactions.
+//! The replication worker: holds the server's logical slot, streams committed transactions and
+//! hands their room events to the hub.
 //!
-//! It confirms a transaction's end LSN to PostgreSQL only after the transaction was handed on,
+//! It confirms a transaction's end LSN to PostgreSQL only after the hub took the transaction,
 //! so after a crash the slot re-sends from the last confirmed position (duplicates, never gaps).
 //! Holding the slot is the leader election between nodes: a slot admits one consumer, and a
 //! node that finds it busy keeps retrying with backoff until it takes over.
@@ -12,6 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use replication::{ConnectConfig, Event, ReplicationStream, StreamConfig};
 use tokio::sync::watch;
+
+use crate::hub::{Frame, Hub};
+use crate::protocol;
+
+mod route;
+
+pub use route::{route, Routed};
 
 /// The publication the migrations create; later migrations add tables to it.
 pub const PUBLICATION: &str = "triptrip_realtime";
@@ -26,6 +34,8 @@ pub struct WalStatus {
     pub transactions: AtomicU64,
     pub changes: AtomicU64,
     pub bytes: AtomicU64,
+    /// Commit-to-hub delay of the last transaction, in microseconds.
+    pub lag_micros: AtomicU64,
 }
 
 impl WalStatus {
@@ -47,6 +57,7 @@ impl WalStatus {
 pub async fn run(
     database_url: &str,
     slot: &str,
+    hub: Arc<Hub>,
     status: Arc<WalStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -73,9 +84,23 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         match event {
+            Ok(Event::Change(change)) => match route(&change) {
+                Some(Routed::Message { room, seq, frame }) => {
+                    hub.deliver(&room, seq, &frame);
+                }
+                Some(Routed::MemberRemoved { room, user }) => {
+                    let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
+                    hub.revoke(&room, &user, &notice);
+                }
+                None => {}
+            },
             Ok(Event::Commit(commit)) => {
                 stream.confirm(commit.end_lsn);
                 status.record(&stream);
+                let lag = replication::copy_data::pg_now().saturating_sub(commit.commit_time);
+                status
+                    .lag_micros
+                    .store(lag.max(0) as u64, Ordering::Relaxed);
             }
             Ok(Event::Reconnected { slot_created, .. }) => {
                 status.streaming.store(true, Ordering::Relaxed);

@@ -1,0 +1,3 @@
+//! Subcommands that run without the server.
+
+pub(crate) mod token;

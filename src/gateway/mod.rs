@@ -1,0 +1,156 @@
+//! The client-facing gateway: WebSocket (`/ws`), plus the shared state every transport uses.
+//!
+//! Guarantees: a client is authenticated before it can do anything, authorized once per join
+//! (JWT `rooms` patterns or `realtime.can_join`) and per publish (`realtime.can_publish`), and
+//! re-checked when its membership row is deleted. Limits (frame size, rooms, publish rate,
+//! connections per user, queue bytes) answer with documented error codes.
+
+mod session;
+mod settings;
+pub mod store;
+mod ws;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use parking_lot::Mutex;
+
+pub use session::{Refusal, Session};
+pub use settings::GatewaySettings;
+use store::Store;
+
+use crate::auth::Verifier;
+use crate::hub::{CloseReason, Frame, Hub, Outbox};
+use crate::protocol;
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct GatewayStats {
+    pub connections_total: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub publishes: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+pub struct Gateway {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub verifier: Verifier,
+    pub settings: GatewaySettings,
+    pub stats: GatewayStats,
+    next_conn_id: AtomicU64,
+    per_user: Mutex<HashMap<String, usize>>,
+    outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(
+        hub: Arc<Hub>,
+        store: Store,
+        verifier: Verifier,
+        settings: GatewaySettings,
+    ) -> Gateway {
+        Gateway {
+            hub,
+            store,
+            verifier,
+            settings,
+            stats: GatewayStats::default(),
+            next_conn_id: AtomicU64::new(1),
+            per_user: Mutex::default(),
+            outboxes: Mutex::default(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/ws", get(ws::upgrade))
+            .with_state(self.clone())
+    }
+
+    /// Open connections, all transports.
+    pub fn connections(&self) -> usize {
+        self.outboxes.lock().len()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Seed §3.3 draining: refuse new connections, ask every client to reconnect (to another
+    /// node), and close what is still open after `settings.drain`.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let retry_after = 1_000;
+        let notice = Frame::from(protocol::system_reconnect("draining", retry_after));
+        let outboxes: Vec<_> = self.outboxes.lock().values().cloned().collect();
+        for outbox in &outboxes {
+            outbox.push(notice.clone());
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.drain();
+        while self.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for outbox in self.outboxes.lock().values() {
+            outbox.close(CloseReason::Draining);
+        }
+    }
+
+    /// Counts a connection for `user`, or refuses it past the per-user limit or while draining.
+    pub fn admit(self: &Arc<Self>, user: &str, outbox: Arc<Outbox>) -> Result<Admission, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::new(
+                "draining",
+                "the server is restarting; reconnect",
+            ));
+        }
+        {
+            let mut per_user = self.per_user.lock();
+            let count = per_user.entry(user.to_owned()).or_default();
+            if *count >= self.settings.max_connections_per_user {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::new(
+                    "too_many_connections",
+                    format!(
+                        "at most {} connections per user",
+                        self.settings.max_connections_per_user
+                    ),
+                ));
+            }
+            *count += 1;
+        }
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        self.outboxes.lock().insert(conn_id, outbox);
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission {
+            gateway: self.clone(),
+            user: user.to_owned(),
+            conn_id,
+        })
+    }
+}
+
+/// A counted connection; dropping it frees the user's slot.
+pub struct Admission {
+    gateway: Arc<Gateway>,
+    user: String,
+    pub conn_id: u64,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.gateway.outboxes.lock().remove(&self.conn_id);
+        let mut per_user = self.gateway.per_user.lock();
+        if let Some(count) = per_user.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
+}

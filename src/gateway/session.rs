@@ -1,0 +1,342 @@
+//! One client session, whatever its transport: authorization, joins with replay, leaves,
+//! publishes and token refresh. Replies and events go to the session's [`Outbox`].
+//!
+//! A join subscribes first, then replays from PostgreSQL, then goes live, so an event
+//! committed at any moment is either replayed or delivered live (deduplicated by seq): no gap,
+//! no duplicate at the seam.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::Gateway;
+use crate::auth::Claims;
+use crate::hub::{Frame, Outbox, Subscription};
+use crate::protocol::{self, ClientFrame, Command};
+
+const REPLAY_PAGE: i64 = 500;
+
+/// A refusal to send back: a protocol code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub struct Session {
+    pub conn_id: u64,
+    pub claims: Claims,
+    pub outbox: Arc<Outbox>,
+    gateway: Arc<Gateway>,
+    rooms: HashMap<String, Arc<Subscription>>,
+    bucket: TokenBucket,
+}
+
+impl Session {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        claims: Claims,
+        outbox: Arc<Outbox>,
+        conn_id: u64,
+    ) -> Session {
+        let rate = f64::from(gateway.settings.publish_rate.max(1));
+        Session {
+            conn_id,
+            claims,
+            outbox,
+            gateway,
+            rooms: HashMap::new(),
+            bucket: TokenBucket::new(rate, rate * 2.0),
+        }
+    }
+
+    /// Queues a frame for the client.
+    pub fn send(&self, frame: String) {
+        self.outbox.push(Frame::from(frame));
+    }
+
+    /// Handles one parsed client frame, answering with an ack for anything that has an id.
+    pub async fn handle(&mut self, frame: ClientFrame) {
+        let id = frame.id.clone();
+        let result = match frame.command {
+            Command::Ping => {
+                self.send(protocol::pong());
+                return;
+            }
+            Command::Pong => return,
+            Command::Auth { .. } => Err(Refusal::new(
+                "invalid_field",
+                "this connection is already authenticated; use auth:refresh",
+            )),
+            Command::AuthRefresh { token } => self.refresh(&token),
+            Command::Join { room, since } => self.join(&room, since, id.as_deref()).await,
+            Command::Leave { room } => self.leave(&room),
+            Command::Publish {
+                room,
+                event,
+                payload,
+            } => self.publish(&room, &event, &payload, id.as_deref()).await,
+        };
+        match (result, id) {
+            (Ok(Some(result)), Some(id)) => self.send(protocol::ack_ok(&id, result)),
+            (Ok(_), _) => {}
+            (Err(refusal), Some(id)) => {
+                self.send(protocol::ack_error(&id, refusal.code, &refusal.message))
+            }
+            (Err(refusal), None) => {
+                self.send(protocol::error_frame(refusal.code, &refusal.message))
+            }
+        }
+    }
+
+    fn refresh(&mut self, token: &str) -> Result<Option<serde_json::Value>, Refusal> {
+        let claims = self
+            .gateway
+            .verifier
+            .verify(token)
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        if claims.user != self.claims.user {
+            return Err(Refusal::new(
+                "unauthorized",
+                "a refreshed token must be for the same user",
+            ));
+        }
+        for sub in self.rooms.values() {
+            sub.granted_by_token
+                .store(claims.rooms.allows(&sub.room), Ordering::Relaxed);
+        }
+        let expires_at = claims.expires_at;
+        self.claims = claims;
+        Ok(Some(json!({ "expires_at": expires_at })))
+    }
+
+    async fn authorized(&self, room: &str, publish: bool) -> Result<bool, Refusal> {
+        if self.claims.rooms.allows(room) {
+            return Ok(true);
+        }
+        let store = &self.gateway.store;
+        let allowed = if publish {
+            store.can_publish(&self.claims.user, room).await
+        } else {
+            store.can_join(&self.claims.user, room).await
+        };
+        allowed.map_err(|e| Refusal::new(e.code(), e.to_string()))
+    }
+
+    /// Joins `room`: acknowledges, replays what followed `since` (or nothing), then goes live.
+    pub async fn join(
+        &mut self,
+        room: &str,
+        since: Option<u64>,
+        id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        self.rooms.retain(|_, sub| !sub.is_removed());
+        if self.rooms.contains_key(room) {
+            return Ok(Some(json!({ "room": room, "already_joined": true })));
+        }
+        if self.rooms.len() >= self.gateway.settings.max_rooms_per_connection {
+            return Err(Refusal::new(
+                "too_many_rooms",
+                format!(
+                    "a connection may join at most {} rooms",
+                    self.gateway.settings.max_rooms_per_connection
+                ),
+            ));
+        }
+        if !self.authorized(room, false).await? {
+            return Err(Refusal::new(
+                "forbidden",
+                format!("you may not join {room}"),
+            ));
+        }
+        let by_token = self.claims.rooms.allows(room);
+        let sub = self.gateway.hub.subscribe(
+            room,
+            self.conn_id,
+            Arc::from(self.claims.user.as_str()),
+            self.outbox.clone(),
+            by_token,
+        );
+        self.rooms.insert(room.to_owned(), sub.clone());
+        let result = self.catch_up(&sub, since, id).await;
+        if result.is_err() {
+            self.gateway.hub.unsubscribe(&sub);
+            self.rooms.remove(room);
+        }
+        result.map(|()| None)
+    }
+
+    /// Acknowledges the join with the room's current seq, then replays from `since`. Fails only
+    /// before the ack; a replay that cannot complete answers `resume:failed` and goes live.
+    async fn catch_up(
+        &self,
+        sub: &Subscription,
+        since: Option<u64>,
+        id: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let store = &self.gateway.store;
+        let current = store
+            .last_seq(&sub.room)
+            .await
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        if let Some(id) = id {
+            self.send(protocol::ack_ok(
+                id,
+                json!({ "room": &*sub.room, "seq": current }),
+            ));
+        }
+        let Some(since) = since else {
+            sub.go_live(current);
+            return Ok(());
+        };
+        if since > current {
+            self.send(protocol::resume_failed(&sub.room, since, current));
+            sub.go_live(current);
+            return Ok(());
+        }
+        let mut position = since;
+        let budget = self.outbox.limit() / 2;
+        while position < current {
+            let page = match store.replay(&sub.room, position, REPLAY_PAGE).await {
+                Ok(page) if page.contiguous && !page.frames.is_empty() => page,
+                Ok(_) | Err(_) => {
+                    self.send(protocol::resume_failed(&sub.room, since, current));
+                    position = current;
+                    break;
+                }
+            };
+            let full = page.frames.len() as i64 == REPLAY_PAGE;
+            for (seq, frame) in page.frames {
+                if !self.outbox.wait_until_below(budget).await || !self.outbox.push(frame) {
+                    return Ok(());
+                }
+                position = seq;
+            }
+            if !full {
+                break;
+            }
+        }
+        sub.go_live(position);
+        Ok(())
+    }
+
+    fn leave(&mut self, room: &str) -> Result<Option<serde_json::Value>, Refusal> {
+        match self.rooms.remove(room) {
+            Some(sub) => {
+                self.gateway.hub.unsubscribe(&sub);
+                Ok(Some(json!({ "room": room })))
+            }
+            None => Err(Refusal::new("not_joined", format!("not in room {room}"))),
+        }
+    }
+
+    /// Publishes through PostgreSQL; the ack follows the commit, and the event itself reaches
+    /// every subscriber (this one included) through the WAL. A retry with the same message id
+    /// is applied once.
+    pub async fn publish(
+        &mut self,
+        room: &str,
+        event: &str,
+        payload: &str,
+        id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        if !self.bucket.take(Instant::now()) {
+            return Err(Refusal::new(
+                "rate_limited",
+                format!(
+                    "at most {} publishes per second per connection",
+                    self.gateway.settings.publish_rate
+                ),
+            ));
+        }
+        if !self.authorized(room, true).await? {
+            return Err(Refusal::new(
+                "forbidden",
+                format!("you may not publish to {room}"),
+            ));
+        }
+        let key = id.map(|id| format!("client:{}:{id}", self.claims.user));
+        let seq = self
+            .gateway
+            .store
+            .publish(room, event, payload, key.as_deref(), &self.claims.user)
+            .await
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        self.gateway.stats.publishes.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(json!({ "room": room, "seq": seq })))
+    }
+
+    /// Leaves every room; called once when the connection ends.
+    pub fn close(&mut self) {
+        for sub in self.rooms.values() {
+            self.gateway.hub.unsubscribe(sub);
+        }
+        self.rooms.clear();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Publish rate limit: `rate` tokens a second, up to `burst`.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::TokenBucket;
+
+    #[test]
+    fn token_bucket_allows_bursts_then_the_rate() {
+        let start = std::time::Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 20.0);
+        bucket.at = start;
+        assert_eq!((0..25).filter(|_| bucket.take(start)).count(), 20);
+        assert!(bucket.take(start + Duration::from_millis(100)));
+        assert!(!bucket.take(start + Duration::from_millis(100)));
+    }
+}

@@ -1,0 +1,288 @@
+//! `/ws`: one multiplexed WebSocket per client. The socket is split into a writer task that
+//! drains the connection's outbox in batches and a reader loop that handles client frames,
+//! heartbeats and token expiry.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::header::{AUTHORIZATION, ORIGIN};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::time::{sleep_until, Instant};
+
+use super::{Gateway, Refusal, Session};
+use crate::auth::Claims;
+use crate::hub::{CloseReason, Frame, Outbox};
+use crate::protocol::{self, Command};
+
+#[derive(Deserialize)]
+pub(super) struct WsQuery {
+    token: Option<String>,
+}
+
+pub(super) async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    if !gateway.settings.origin_allowed(origin) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not connect",
+        );
+    }
+    if gateway.is_draining() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is restarting; reconnect",
+        );
+    }
+    let claims = match query.token.or_else(|| bearer_token(&headers)) {
+        Some(token) => match gateway.verifier.verify(&token) {
+            Ok(claims) => Some(claims),
+            Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
+        },
+        None => None,
+    };
+    let limit = gateway.settings.max_frame_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| run(gateway, socket, claims))
+}
+
+/// The token from `Authorization: Bearer …`.
+pub(super) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_owned())
+}
+
+/// An HTTP refusal with the protocol's error envelope as its body.
+pub(super) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        protocol::error_frame(code, message),
+    )
+        .into_response()
+}
+
+async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Option<Claims>) {
+    let (mut sink, mut stream) = socket.split();
+    let claims = match claims {
+        Some(claims) => claims,
+        None => match first_message_auth(&gateway, &mut stream).await {
+            Ok(claims) => claims,
+            Err(refusal) => return close_with(&mut sink, &refusal, 4001).await,
+        },
+    };
+    let outbox = Arc::new(Outbox::new(gateway.settings.connection_queue_bytes));
+    let admission = match gateway.admit(&claims.user, outbox.clone()) {
+        Ok(admission) => admission,
+        Err(refusal) => return close_with(&mut sink, &refusal, 1013).await,
+    };
+    let span = tracing::info_span!("connection", id = admission.conn_id, user = %claims.user);
+    let _enter = span.enter();
+    let mut session = Session::new(gateway.clone(), claims, outbox.clone(), admission.conn_id);
+    session.send(protocol::connected(
+        admission.conn_id,
+        &session.claims.user,
+        gateway.settings.heartbeat_interval_ms,
+    ));
+    let writer = tokio::spawn(write_loop(sink, outbox.clone(), gateway.clone()));
+    let reason = read_loop(&gateway, &mut session, &mut stream).await;
+    outbox.close(reason);
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!("writer did not finish in 5 s; dropping the socket");
+    }
+    session.close();
+    drop(admission);
+}
+
+async fn first_message_auth(
+    gateway: &Gateway,
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<Claims, Refusal> {
+    let missing = || {
+        Refusal::new(
+            "unauthorized",
+            "send {\"type\":\"auth\",\"data\":{\"token\":…}} first",
+        )
+    };
+    let first = tokio::time::timeout(gateway.settings.auth_timeout(), stream.next())
+        .await
+        .map_err(|_| Refusal::new("unauthorized", "no auth message in time"))?;
+    let Some(Ok(Message::Text(text))) = first else {
+        return Err(missing());
+    };
+    match protocol::parse_client_frame(&text) {
+        Ok(frame) => match frame.command {
+            Command::Auth { token } => gateway
+                .verifier
+                .verify(&token)
+                .map_err(|e| Refusal::new(e.code(), e.to_string())),
+            _ => Err(missing()),
+        },
+        Err(e) => Err(Refusal::new(e.code(), e.to_string())),
+    }
+}
+
+async fn close_with(sink: &mut SplitSink<WebSocket, Message>, refusal: &Refusal, code: u16) {
+    let _ = sink
+        .send(Message::Text(
+            protocol::error_frame(refusal.code, &refusal.message).into(),
+        ))
+        .await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: refusal.code.into(),
+        })))
+        .await;
+}
+
+fn expiry(claims: &Claims) -> Instant {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = claims.expires_at.saturating_sub(now_unix).max(0) as u64;
+    Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
+}
+
+async fn read_loop(
+    gateway: &Gateway,
+    session: &mut Session,
+    stream: &mut SplitStream<WebSocket>,
+) -> CloseReason {
+    let interval = gateway.settings.heartbeat_interval();
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+    let mut last_seen = Instant::now();
+    let mut expires_at = session.claims.expires_at;
+    let expiry_timer = sleep_until(expiry(&session.claims));
+    tokio::pin!(expiry_timer);
+    let outbox = session.outbox.clone();
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                last_seen = Instant::now();
+                match message {
+                    None | Some(Ok(Message::Close(_))) => return CloseReason::Gone,
+                    Some(Err(e)) => {
+                        if is_too_large(&e) {
+                            let limit = gateway.settings.max_frame_bytes;
+                            let error = protocol::ProtocolError::FrameTooLarge { limit };
+                            session.send(protocol::error_frame(error.code(), &error.to_string()));
+                            return CloseReason::Policy("frame_too_large");
+                        }
+                        return CloseReason::Gone;
+                    }
+                    Some(Ok(Message::Text(text))) => match protocol::parse_client_frame(&text) {
+                        Ok(frame) => session.handle(frame).await,
+                        Err(e) => session.send(protocol::error_frame(e.code(), &e.to_string())),
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = protocol::ProtocolError::BinaryFrame;
+                        session.send(protocol::error_frame(e.code(), &e.to_string()));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+                if session.claims.expires_at != expires_at {
+                    expires_at = session.claims.expires_at;
+                    expiry_timer.as_mut().reset(expiry(&session.claims));
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() >= gateway.settings.heartbeat_timeout() {
+                    session.send(protocol::error_frame("heartbeat_timeout", "no frame from the client in time"));
+                    return CloseReason::Policy("heartbeat_timeout");
+                }
+                session.send(protocol::ping());
+            }
+            _ = &mut expiry_timer => {
+                session.send(protocol::error_frame("token_expired", "the token expired; reconnect with a new one or send auth:refresh before expiry"));
+                return CloseReason::Policy("token_expired");
+            }
+            reason = outbox.closed() => return reason,
+        }
+    }
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("too long") || text.contains("too big") || text.contains("Space limit")
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: Arc<Outbox>,
+    gateway: Arc<Gateway>,
+) {
+    let mut batch: Vec<Frame> = Vec::with_capacity(64);
+    loop {
+        match outbox.next_batch(&mut batch).await {
+            Ok(()) => {
+                for frame in batch.drain(..) {
+                    if sink.feed(Message::Text(frame)).await.is_err() {
+                        outbox.close(CloseReason::Gone);
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    outbox.close(CloseReason::Gone);
+                    return;
+                }
+            }
+            Err(reason) => {
+                let (code, text) = match reason {
+                    CloseReason::Gone => return,
+                    CloseReason::SlowConsumer => {
+                        gateway.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        let notice = protocol::error_frame(
+                            "slow_consumer",
+                            "the connection fell too far behind; reconnect and resume",
+                        );
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            sink.send(Message::Text(notice.into())),
+                        )
+                        .await;
+                        (4008, "slow_consumer")
+                    }
+                    CloseReason::Draining => (1012, "draining"),
+                    CloseReason::Policy(code) => (policy_close_code(code), code),
+                };
+                let close = Message::Close(Some(CloseFrame {
+                    code,
+                    reason: text.into(),
+                }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn policy_close_code(code: &str) -> u16 {
+    match code {
+        "frame_too_large" => 1009,
+        "heartbeat_timeout" => 4000,
+        "unauthorized" => 4001,
+        "token_expired" => 4003,
+        _ => 1008,
+    }
+}

@@ -1,0 +1,160 @@
+//! From a decoded row change to what the hub does with it. Pure: no I/O.
+
+use replication::pgoutput::{Relation, Tuple, Value};
+use replication::Change;
+
+use crate::hub::Frame;
+use crate::protocol;
+
+/// What a committed change means for connected clients.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// A new event in a room's log.
+    Message {
+        room: String,
+        seq: u64,
+        frame: Frame,
+    },
+    /// A membership row was deleted: the user may have to leave the room.
+    MemberRemoved { room: String, user: String },
+}
+
+fn column<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a Value> {
+    let index = relation.columns.iter().position(|c| c.name == name)?;
+    tuple.0.get(index)
+}
+
+fn text<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a str> {
+    column(relation, tuple, name).and_then(Value::as_str)
+}
+
+/// Routes a change; changes to other tables, and rows that lack what routing needs, give
+/// `None` (the tables stay the source of truth either way).
+pub fn route(change: &Change) -> Option<Routed> {
+    match change {
+        Change::Insert { relation, new } if is(relation, "messages") => {
+            let room = text(relation, new, "room")?;
+            let seq: u64 = text(relation, new, "seq")?.parse().ok()?;
+            let event = text(relation, new, "event")?;
+            let payload = text(relation, new, "payload")?;
+            let sender = text(relation, new, "sender");
+            let created_at = protocol::pg_timestamp_to_rfc3339(text(relation, new, "created_at")?);
+            let frame = protocol::room_message(room, seq, event, payload, sender, &created_at);
+            Some(Routed::Message {
+                room: room.to_owned(),
+                seq,
+                frame: Frame::from(frame),
+            })
+        }
+        Change::Delete { relation, key, old } if is(relation, "room_members") => {
+            let row = old.as_ref().or(key.as_ref())?;
+            Some(Routed::MemberRemoved {
+                room: text(relation, row, "room")?.to_owned(),
+                user: text(relation, row, "user_id")?.to_owned(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn is(relation: &Relation, table: &str) -> bool {
+    relation.namespace == "realtime" && relation.name == table
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use replication::pgoutput::{Column, ReplicaIdentity};
+
+    use super::*;
+
+    fn relation(name: &str, columns: &[&str]) -> Arc<Relation> {
+        Arc::new(Relation {
+            id: 1,
+            namespace: "realtime".into(),
+            name: name.into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    is_key: false,
+                    name: (*c).into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                })
+                .collect(),
+        })
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn message_inserts_become_room_frames() {
+        let rel = relation(
+            "messages",
+            &[
+                "room",
+                "seq",
+                "event",
+                "payload",
+                "sender",
+                "idempotency_key",
+                "created_at",
+            ],
+        );
+        let new = Tuple(vec![
+            t("trip:42"),
+            t("7"),
+            t("itinerary.updated"),
+            t(r#"{"a": 1}"#),
+            Value::Null,
+            Value::Null,
+            t("2026-11-28 10:00:00.5+00"),
+        ]);
+        let Some(Routed::Message { room, seq, frame }) =
+            route(&Change::Insert { relation: rel, new })
+        else {
+            panic!("not routed");
+        };
+        assert_eq!((room.as_str(), seq), ("trip:42", 7));
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(v["data"]["payload"]["a"], 1);
+        assert_eq!(v["timestamp"], "2026-11-28T10:00:00.5+00:00");
+    }
+
+    #[test]
+    fn member_deletes_are_routed_and_other_tables_ignored() {
+        let rel = relation("room_members", &["room", "user_id", "role", "created_at"]);
+        let key = Tuple(vec![t("r"), t("alice"), Value::Null, Value::Null]);
+        assert_eq!(
+            route(&Change::Delete {
+                relation: rel.clone(),
+                key: Some(key),
+                old: None
+            }),
+            Some(Routed::MemberRemoved {
+                room: "r".into(),
+                user: "alice".into()
+            })
+        );
+        let other = relation("other", &["room"]);
+        assert_eq!(
+            route(&Change::Insert {
+                relation: other,
+                new: Tuple(vec![t("r")])
+            }),
+            None
+        );
+        let bad = relation("messages", &["room"]);
+        assert_eq!(
+            route(&Change::Insert {
+                relation: bad,
+                new: Tuple(vec![t("r")])
+            }),
+            None
+        );
+    }
+}
