@@ -328,3 +328,31 @@ async fn bad_expired_and_unsigned_tokens_are_refused_at_the_handshake() {
     };
     assert_eq!(u16::from(close.code), 4001);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_are_relayed_to_other_members_and_never_stored() {
+    let (_cluster, server, sql) = setup(&[]).await;
+    let mut alice = server.connect("alice", &["doc:*"]).await;
+    let mut bob = server.connect("bob", &["doc:*"]).await;
+    alice.join("doc:1", None).await;
+    bob.join("doc:1", None).await;
+    let id = alice
+        .request("room:broadcast", json!({"room": "doc:1", "event": "typing", "payload": {"on": true}}))
+        .await;
+    let ack = alice.ack(&id).await;
+    assert_eq!(ack["result"]["delivered"], 1, "{ack}");
+    let signal = bob.expect("room:broadcast").await;
+    assert_eq!(signal["data"]["sender"], "alice");
+    assert_eq!(signal["data"]["payload"]["on"], true);
+    assert!(signal.get("seq").is_none());
+    let id = alice
+        .request("room:broadcast", json!({"room": "doc:2", "event": "typing", "payload": {}}))
+        .await;
+    assert_eq!(alice.ack(&id).await["error"]["code"], "not_joined");
+    let stored: i64 = sql
+        .query_one("SELECT count(*) FROM realtime.messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+}

@@ -88,6 +88,11 @@ impl Session {
                 event,
                 payload,
             } => self.publish(&room, &event, &payload, id.as_deref()).await,
+            Command::Broadcast {
+                room,
+                event,
+                payload,
+            } => self.broadcast(&room, &event, &payload),
         };
         match (result, id) {
             (Ok(Some(result)), Some(id)) => self.send(protocol::ack_ok(&id, result)),
@@ -252,15 +257,7 @@ impl Session {
         payload: &str,
         id: Option<&str>,
     ) -> Result<Option<serde_json::Value>, Refusal> {
-        if !self.bucket.take(Instant::now()) {
-            return Err(Refusal::new(
-                "rate_limited",
-                format!(
-                    "at most {} publishes per second per connection",
-                    self.gateway.settings.publish_rate
-                ),
-            ));
-        }
+        self.take_token()?;
         if !self.authorized(room, true).await? {
             return Err(Refusal::new(
                 "forbidden",
@@ -276,6 +273,40 @@ impl Session {
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         self.gateway.stats.publishes.fetch_add(1, Ordering::Relaxed);
         Ok(Some(json!({ "room": room, "seq": seq })))
+    }
+
+    /// Relays an ephemeral signal to the room's other members. Only members may signal, and
+    /// signals count against the publish rate.
+    fn broadcast(
+        &mut self,
+        room: &str,
+        event: &str,
+        payload: &str,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        self.take_token()?;
+        self.rooms.retain(|_, sub| !sub.is_removed());
+        if !self.rooms.contains_key(room) {
+            return Err(Refusal::new(
+                "not_joined",
+                format!("join {room} before signalling in it"),
+            ));
+        }
+        let frame = Frame::from(protocol::room_broadcast(room, event, payload, &self.claims.user));
+        let delivered = self.gateway.hub.relay(room, self.conn_id, &frame);
+        Ok(Some(json!({ "room": room, "delivered": delivered })))
+    }
+
+    fn take_token(&mut self) -> Result<(), Refusal> {
+        if self.bucket.take(Instant::now()) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            "rate_limited",
+            format!(
+                "at most {} publishes per second per connection",
+                self.gateway.settings.publish_rate
+            ),
+        ))
     }
 
     /// Leaves every room; called once when the connection ends.

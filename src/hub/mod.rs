@@ -60,6 +60,10 @@ impl Subscription {
         last
     }
 
+    fn is_live(&self) -> bool {
+        matches!(*self.state.lock(), SubState::Live { .. })
+    }
+
     /// Whether the hub removed this subscription (membership revoked).
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Relaxed)
@@ -165,6 +169,23 @@ impl Hub {
             return 0;
         };
         let delivered = subs.iter().filter(|s| s.offer(seq, frame)).count();
+        self.stats
+            .deliveries
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        delivered
+    }
+
+    /// Relays an ephemeral frame to the room's live subscribers other than connection
+    /// `except`; nothing is buffered for subscribers still catching up. Returns the count.
+    pub fn relay(&self, room: &str, except: u64, frame: &Frame) -> usize {
+        let shard = self.shard(room).read();
+        let Some(subs) = shard.get(room) else {
+            return 0;
+        };
+        let delivered = subs
+            .iter()
+            .filter(|s| s.conn_id != except && s.is_live() && s.outbox.push(frame.clone()))
+            .count();
         self.stats
             .deliveries
             .fetch_add(delivered as u64, Ordering::Relaxed);

@@ -60,6 +60,18 @@ pub fn room_message(
     out
 }
 
+/// A `room:broadcast` signal: like a room message but ephemeral, so without a seq.
+pub fn room_broadcast(room: &str, event: &str, payload: &str, sender: &str) -> String {
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        r#"{{"type":"room:broadcast","timestamp":{},"room":{},"data":{{"event":{},"payload":{payload},"sender":{}}}}}"#,
+        quoted(&now_rfc3339()),
+        quoted(room),
+        quoted(event),
+        quoted(sender),
+    )
+}
+
 pub fn ack_ok(original_id: &str, result: Value) -> String {
     envelope(
         "ack",
@@ -155,6 +167,16 @@ mod tests {
         assert_eq!(v["data"]["sender"], "al\"ice");
         let v: Value = serde_json::from_str(&room_message("r", 1, "e", "null", None, "t")).unwrap();
         assert_eq!(v["data"]["sender"], Value::Null);
+    }
+
+    #[test]
+    fn broadcast_is_valid_json_without_seq() {
+        let v: Value =
+            serde_json::from_str(&room_broadcast("r", "typing", r#"{"on":true}"#, "bo\"b")).unwrap();
+        assert_eq!(v["type"], "room:broadcast");
+        assert_eq!(v["data"]["payload"]["on"], true);
+        assert_eq!(v["data"]["sender"], "bo\"b");
+        assert!(v.get("seq").is_none());
     }
 
     #[test]

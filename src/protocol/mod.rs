@@ -10,7 +10,7 @@ mod parse;
 
 pub use encode::{
     ack_error, ack_ok, connected, error_frame, now_rfc3339, pg_timestamp_to_rfc3339, ping, pong,
-    resume_failed, room_left, room_message, system_reconnect,
+    resume_failed, room_broadcast, room_left, room_message, system_reconnect,
 };
 pub use parse::{parse_client_frame, ClientFrame, Command, Metadata};
 

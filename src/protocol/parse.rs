@@ -41,6 +41,13 @@ pub enum Command {
         event: String,
         payload: String,
     },
+    /// An ephemeral signal (typing, cursor): relayed in memory to the room's other
+    /// subscribers, never stored, no seq.
+    Broadcast {
+        room: String,
+        event: String,
+        payload: String,
+    },
     Ping,
     Pong,
 }
@@ -116,20 +123,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
             room: room(data_as::<LeaveData>(data)?.room)?,
         },
         "room:message" => {
-            let publish: PublishData<'_> = data_as(data)?;
-            if !valid_event(&publish.event) {
-                return Err(ProtocolError::InvalidField {
-                    field: "data.event",
-                    why: "1 to 100 characters of A-Z a-z 0-9 _ . : -".into(),
-                });
-            }
-            Command::Publish {
-                room: room(publish.room)?,
-                event: publish.event,
-                payload: publish
-                    .payload
-                    .map_or_else(|| "{}".to_owned(), |p| p.get().to_owned()),
-            }
+            let (room, event, payload) = publish_data(data)?;
+            Command::Publish { room, event, payload }
+        }
+        "room:broadcast" => {
+            let (room, event, payload) = publish_data(data)?;
+            Command::Broadcast { room, event, payload }
         }
         "ping" => Command::Ping,
         "pong" => Command::Pong,
@@ -144,6 +143,18 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
         metadata: raw.metadata.unwrap_or_default(),
         command,
     })
+}
+
+fn publish_data(data: &str) -> Result<(String, String, String), ProtocolError> {
+    let publish: PublishData<'_> = data_as(data)?;
+    if !valid_event(&publish.event) {
+        return Err(ProtocolError::InvalidField {
+            field: "data.event",
+            why: "1 to 100 characters of A-Z a-z 0-9 _ . : -".into(),
+        });
+    }
+    let payload = publish.payload.map_or_else(|| "{}".to_owned(), |p| p.get().to_owned());
+    Ok((room(publish.room)?, publish.event, payload))
 }
 
 fn data_as<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, ProtocolError> {
