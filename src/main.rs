@@ -28,6 +28,8 @@ enum Command {
     Status,
     /// Print a JWT the server accepts (signed with the configured or generated key).
     Token(cli::token::TokenArgs),
+    /// Join a room on the running server and print every event as a JSON line.
+    Listen(cli::listen::ListenArgs),
 }
 
 #[tokio::main]
@@ -41,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(args) => cli::token::run(&cli.settings, &args),
+        Command::Listen(args) => cli::listen::run(&cli.settings, &args).await,
         Command::Serve => server::serve(cli.settings).await,
         Command::Migrate => {
             let database = Database::open(&cli.settings).await?;

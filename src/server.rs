@@ -79,6 +79,17 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
 
 /// What a newcomer needs to see an event flow, printed by `./run.sh`.
 fn print_welcome(address: &str, cluster: &pgcluster::Cluster) {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(
+                p.strip_prefix(&cwd)
+                    .map(|r| format!("./{}", r.display()))
+                    .unwrap_or_else(|_| p.display().to_string()),
+            )
+        })
+        .unwrap_or_else(|| "triptrip-realtime".into());
     let psql = format!(
         "psql -h {} -p {} -U postgres {}",
         cluster.socket_dir().display(),
@@ -87,11 +98,11 @@ fn print_welcome(address: &str, cluster: &pgcluster::Cluster) {
     );
     println!(
         "\nTripTrip Realtime is running.\n\
-         \n  WebSocket   ws://{address}/ws?token=<JWT>\
-         \n  token       triptrip-realtime token --user alice --room 'demo:*'\
-         \n  watch       triptrip-realtime listen --room demo:lobby\
-         \n  publish     {psql} -c \"SELECT realtime.publish('demo:lobby', 'hello', '{{\\\"text\\\": \\\"hi\\\"}}')\"\
-         \n  health      curl http://{address}/ready\n"
+         \n  WebSocket  ws://{address}/ws?token=<JWT>\
+         \n  a token    {exe} token --user alice --room 'demo:*'\
+         \n  watch      {exe} listen --room demo:lobby\
+         \n  publish    {psql} -c \"SELECT realtime.publish('demo:lobby', 'hello', '{{\\\"text\\\": \\\"hi\\\"}}')\"\
+         \n  health     curl http://{address}/ready\n"
     );
 }
 

@@ -337,7 +337,10 @@ async fn broadcasts_are_relayed_to_other_members_and_never_stored() {
     alice.join("doc:1", None).await;
     bob.join("doc:1", None).await;
     let id = alice
-        .request("room:broadcast", json!({"room": "doc:1", "event": "typing", "payload": {"on": true}}))
+        .request(
+            "room:broadcast",
+            json!({"room": "doc:1", "event": "typing", "payload": {"on": true}}),
+        )
         .await;
     let ack = alice.ack(&id).await;
     assert_eq!(ack["result"]["delivered"], 1, "{ack}");
@@ -346,7 +349,10 @@ async fn broadcasts_are_relayed_to_other_members_and_never_stored() {
     assert_eq!(signal["data"]["payload"]["on"], true);
     assert!(signal.get("seq").is_none());
     let id = alice
-        .request("room:broadcast", json!({"room": "doc:2", "event": "typing", "payload": {}}))
+        .request(
+            "room:broadcast",
+            json!({"room": "doc:2", "event": "typing", "payload": {}}),
+        )
         .await;
     assert_eq!(alice.ack(&id).await["error"]["code"], "not_joined");
     let stored: i64 = sql

@@ -300,3 +300,71 @@ fn help_documents_the_configuration() {
         assert!(help.contains(needle), "--help mentions {needle}:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomer_sees_a_published_event_arrive_with_listen() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    let mut server = Server::start(&[("TRIPTRIP_DATA_DIR", data)]);
+    server.wait_ready().await;
+    let listen = format!("127.0.0.1:{}", server.port);
+    let mut listener = Command::new(BIN)
+        .args(["listen", "--room", "demo:lobby"])
+        .env("TRIPTRIP_DATA_DIR", data)
+        .env("TRIPTRIP_LISTEN", &listen)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = listener.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from listen")
+    };
+    let ack = loop {
+        let line = next_line();
+        if line.contains("\"ack\"") {
+            break line;
+        }
+    };
+    assert!(ack.contains("\"success\""), "{ack}");
+
+    let port = std::fs::read_to_string(data_dir.join("postgres/port")).unwrap();
+    let password = std::fs::read_to_string(data_dir.join("postgres/postgres.password")).unwrap();
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/triptrip",
+        password.trim(),
+        port.trim()
+    );
+    sql_client(&url)
+        .await
+        .execute(
+            "SELECT realtime.publish('demo:lobby', 'hello', '{\"text\": \"hi\"}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let event = loop {
+        let line = next_line();
+        if line.contains("room:message") {
+            break line;
+        }
+    };
+    let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(event["room"], "demo:lobby");
+    assert_eq!(event["data"]["payload"]["text"], "hi");
+    let _ = listener.kill();
+    let _ = listener.wait();
+    server.terminate();
+}

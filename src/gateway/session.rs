@@ -291,7 +291,12 @@ impl Session {
                 format!("join {room} before signalling in it"),
             ));
         }
-        let frame = Frame::from(protocol::room_broadcast(room, event, payload, &self.claims.user));
+        let frame = Frame::from(protocol::room_broadcast(
+            room,
+            event,
+            payload,
+            &self.claims.user,
+        ));
         let delivered = self.gateway.hub.relay(room, self.conn_id, &frame);
         Ok(Some(json!({ "room": room, "delivered": delivered })))
     }

@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn broadcast_is_valid_json_without_seq() {
         let v: Value =
-            serde_json::from_str(&room_broadcast("r", "typing", r#"{"on":true}"#, "bo\"b")).unwrap();
+            serde_json::from_str(&room_broadcast("r", "typing", r#"{"on":true}"#, "bo\"b"))
+                .unwrap();
         assert_eq!(v["type"], "room:broadcast");
         assert_eq!(v["data"]["payload"]["on"], true);
         assert_eq!(v["data"]["sender"], "bo\"b");

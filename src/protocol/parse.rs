@@ -124,11 +124,19 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
         },
         "room:message" => {
             let (room, event, payload) = publish_data(data)?;
-            Command::Publish { room, event, payload }
+            Command::Publish {
+                room,
+                event,
+                payload,
+            }
         }
         "room:broadcast" => {
             let (room, event, payload) = publish_data(data)?;
-            Command::Broadcast { room, event, payload }
+            Command::Broadcast {
+                room,
+                event,
+                payload,
+            }
         }
         "ping" => Command::Ping,
         "pong" => Command::Pong,
@@ -153,7 +161,9 @@ fn publish_data(data: &str) -> Result<(String, String, String), ProtocolError> {
             why: "1 to 100 characters of A-Z a-z 0-9 _ . : -".into(),
         });
     }
-    let payload = publish.payload.map_or_else(|| "{}".to_owned(), |p| p.get().to_owned());
+    let payload = publish
+        .payload
+        .map_or_else(|| "{}".to_owned(), |p| p.get().to_owned());
     Ok((room(publish.room)?, publish.event, payload))
 }
 
