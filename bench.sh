@@ -4,7 +4,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
-BENCHMARKS="replication"
+BENCHMARKS="replication e2e fanout"
 
 usage() {
     cat >&2 <<USAGE
@@ -13,7 +13,42 @@ usage: ./bench.sh NAME
 Benchmarks:
   replication   our replication stream vs pg_recvlogical on the same WAL
                 (200,000 rows in 2,000 transactions); ends with a RESULT line
+  e2e           commit-to-client latency: 10,000 WebSocket clients in 100 rooms, 2,000 rows/s
+                committed through SQL; latency, loss, RSS per connection; ends with a RESULT line
+  fanout        client-published fan-out to 100 x 100 subscribers over a ladder of rates, ours
+                vs Socket.IO 4.8 (installed with npm on first use); ends with a RESULT line
 USAGE
+}
+
+# 10,000 connections in the server and as many in the load generator: raise the open files
+# limit (root may raise the hard limit too).
+raise_open_files() {
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
+        echo "error: the open files limit is $(ulimit -n) (hard $(ulimit -Hn)); this benchmark needs more than 10,100" >&2
+        exit 1
+    fi
+}
+
+# Node.js and the Socket.IO server of the fanout benchmark.
+ensure_socketio() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "Node.js not found; installing the Debian packages nodejs and npm" >&2
+        if [ "$(id -u)" -eq 0 ]; then
+            apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+        else
+            sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+        fi || {
+            echo "error: installing Node.js with apt-get failed; install nodejs and npm by hand" >&2
+            exit 1
+        }
+    fi
+    if [ ! -d bench/socketio/node_modules/socket.io ]; then
+        (cd bench/socketio && npm install --no-audit --no-fund) || {
+            echo "error: npm install in bench/socketio failed" >&2
+            exit 1
+        }
+    fi
 }
 
 if [ "$#" -ne 1 ]; then
@@ -26,6 +61,18 @@ case "$1" in
         . scripts/ensure-postgres.sh
         # Release profile; cargo's own chatter is kept quiet, the bench prints to stdout.
         exec cargo bench --quiet --bench replication
+        ;;
+    e2e)
+        . scripts/ensure-postgres.sh
+        raise_open_files
+        # Builds the server's release binary too; the bench starts it as its own process.
+        exec cargo bench --quiet --bench e2e
+        ;;
+    fanout)
+        . scripts/ensure-postgres.sh
+        raise_open_files
+        ensure_socketio
+        exec cargo bench --quiet --bench fanout
         ;;
     -h|--help|help)
         usage

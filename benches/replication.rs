@@ -24,8 +24,9 @@ use tokio_postgres::{Client, NoTls};
 const TRANSACTIONS: i64 = 2_000;
 const ROWS_PER_TRANSACTION: i64 = 100;
 const ROWS: u64 = (TRANSACTIONS * ROWS_PER_TRANSACTION) as u64;
-/// Runs per side; each uses its own slot.
-const RUNS: usize = 3;
+/// Runs per side unless `BENCH_RUNS` says otherwise; each uses its own slot.
+const DEFAULT_RUNS: usize = 3;
+const MAX_RUNS: usize = 20;
 const PUBLICATION: &str = "bench_pub";
 /// A run that takes longer than this is broken, not slow.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -55,10 +56,28 @@ fn main() {
 
 async fn run() -> Result<(), BoxError> {
     let (cores, cpu) = machine();
-    println!("replication bench: {ROWS} rows in {TRANSACTIONS} transactions of {ROWS_PER_TRANSACTION}, {RUNS} runs per side");
+    let runs = match std::env::var("BENCH_RUNS") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_RUNS).contains(n))
+            .ok_or_else(|| {
+                format!("BENCH_RUNS must be a number from 1 to {MAX_RUNS}, not {v:?}")
+            })?,
+        Err(_) => DEFAULT_RUNS,
+    };
+    println!("replication bench: {ROWS} rows in {TRANSACTIONS} transactions of {ROWS_PER_TRANSACTION}, {runs} runs per side");
     println!("machine: {cores} cores, {cpu}");
 
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
+    // Room for every run's slot and walsender, besides the cluster's defaults.
+    let slots = (2 * runs + 4).to_string();
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::temporary_with(&[
+            ("max_replication_slots", slots.as_str()),
+            ("max_wal_senders", slots.as_str()),
+        ])
+    })
+    .await??;
     let client = sql_client(&cluster.url("postgres")).await?;
     let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
     println!(
@@ -77,7 +96,7 @@ async fn run() -> Result<(), BoxError> {
         .await?;
 
     // All slots exist before the first row is written: they all see the same WAL.
-    for i in 1..=RUNS {
+    for i in 1..=runs {
         for side in ["ours", "recv"] {
             client
                 .execute(
@@ -126,7 +145,7 @@ async fn run() -> Result<(), BoxError> {
     let postmaster = postmaster_pid(cluster.pgdata())?;
     let mut recv_rates = Vec::new();
     let mut ours_rates = Vec::new();
-    for i in 1..=RUNS {
+    for i in 1..=runs {
         let slot = format!("recv_{i}");
         let out = out_dir.path().join(format!("{slot}.out"));
         let before = CpuTimes::now(postmaster);

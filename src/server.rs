@@ -46,6 +46,7 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         verifier,
         settings.gateway.clone(),
     ));
+    tokio::spawn(crate::gateway::run_resync(gateway.clone()));
     let app = gateway.router().merge(ops::router(OpsState {
         pool,
         wal: status,

@@ -362,3 +362,43 @@ async fn broadcasts_are_relayed_to_other_members_and_never_stored() {
         .get(0);
     assert_eq!(stored, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_the_slot_was_lost_are_recovered_from_the_tables() {
+    let (_cluster, server, sql) = setup(&[]).await;
+    let mut client = server.connect("alice", &["r"]).await;
+    client.join("r", None).await;
+    for _ in 0..3 {
+        sql.execute("SELECT realtime.publish('r', 'e', '{}')", &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(client.messages(3).await.last().unwrap().1, 3);
+    let mut dropped = false;
+    for _ in 0..200 {
+        let result = sql
+            .batch_execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                   WHERE slot_name = 'triptrip_realtime' AND active_pid IS NOT NULL;
+                 SELECT pg_sleep(0.01);
+                 SELECT pg_drop_replication_slot('triptrip_realtime');",
+            )
+            .await;
+        if result.is_ok() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "could not drop the server's slot");
+    for _ in 0..7 {
+        sql.execute("SELECT realtime.publish('r', 'e', '{}')", &[])
+            .await
+            .unwrap();
+    }
+    let seqs: Vec<u64> = client.messages(7).await.iter().map(|m| m.1).collect();
+    assert_eq!(
+        seqs,
+        (4..=10).collect::<Vec<_>>(),
+        "every event, in order, once"
+    );
+}

@@ -271,7 +271,27 @@ async fn rolled_back_inserts_leave_no_gap() {
     assert_eq!(second.await.unwrap(), 2);
     assert_eq!(publish(&client, "trip:7", "c").await, 3);
 
-    assert_eq!(seqs(&client, "trip:7").await, [1, 2, 3]);
+    // Savepoints rolled back inside a transaction, interleaved with other rooms.
+    client
+        .batch_execute(
+            "BEGIN; \
+             INSERT INTO realtime.messages (room, event) VALUES ('trip:7', 'd'); \
+             SAVEPOINT a; \
+             INSERT INTO realtime.messages (room, event) \
+               SELECT 'trip:7', 'draft' FROM generate_series(1, 3); \
+             ROLLBACK TO a; \
+             INSERT INTO realtime.messages (room, event) VALUES ('trip:8', 'x'); \
+             SAVEPOINT b; \
+             INSERT INTO realtime.messages (room, event) VALUES ('trip:8', 'draft'); \
+             ROLLBACK TO b; \
+             INSERT INTO realtime.messages (room, event) VALUES ('trip:7', 'e'), ('trip:8', 'y'); \
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(seqs(&client, "trip:7").await, [1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&client, "trip:8").await, [1, 2]);
     assert_eq!(
         count(
             &client,
@@ -280,7 +300,65 @@ async fn rolled_back_inserts_leave_no_gap() {
         .await,
         0
     );
-    assert_eq!(last_seq(&client, "trip:7").await, Some(3));
+    assert_eq!(last_seq(&client, "trip:7").await, Some(5));
+    assert_eq!(last_seq(&client, "trip:8").await, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_insert_into_one_room_in_one_transaction_takes_linear_time() {
+    let (_cluster, client) = migrated().await;
+    let timed = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let started = Instant::now();
+            client.batch_execute(sql).await.unwrap();
+            started.elapsed()
+        }
+    };
+    // Baseline: one row in each of 5,000 rooms.
+    let spread = timed(
+        "INSERT INTO realtime.messages (room, event) \
+         SELECT 'spread:' || g, 'e' FROM generate_series(1, 5000) g",
+    )
+    .await;
+    // 50,000 rows into one room: its counter row gets 50,000 versions that cannot be pruned
+    // before commit; reaching the current one through the index would make this quadratic.
+    let bulk = timed(
+        "INSERT INTO realtime.messages (room, event) \
+         SELECT 'bulk:1', 'e' FROM generate_series(1, 50000)",
+    )
+    .await;
+    assert!(
+        bulk < spread * 15,
+        "50,000 rows into one room took {bulk:?}; 5,000 rows into 5,000 rooms took {spread:?}"
+    );
+    assert_eq!(last_seq(&client, "bulk:1").await, Some(50_000));
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(DISTINCT seq) FILTER (WHERE seq BETWEEN 1 AND 50000) \
+             FROM realtime.messages WHERE room = 'bulk:1'"
+        )
+        .await,
+        50_000
+    );
+    // With idempotency keys, in one transaction with another statement in between.
+    client
+        .batch_execute(
+            "BEGIN; \
+             INSERT INTO realtime.messages (room, event, idempotency_key) \
+               SELECT 'bulk:2', 'e', 'k' || (g % 1000) FROM generate_series(1, 5000) g; \
+             UPDATE realtime.rooms SET last_seq = last_seq WHERE room = 'bulk:2'; \
+             INSERT INTO realtime.messages (room, event, idempotency_key) \
+               SELECT 'bulk:2', 'e', 'k' || g FROM generate_series(500, 1500) g; \
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&client, "bulk:2").await,
+        (1..=1501).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

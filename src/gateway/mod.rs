@@ -5,8 +5,12 @@
 //! re-checked when its membership row is deleted. Limits (frame size, rooms, publish rate,
 //! connections per user, queue bytes) answer with documented error codes.
 
+mod http;
+mod poll;
+mod replay;
 mod session;
 mod settings;
+mod sse;
 pub mod store;
 mod ws;
 
@@ -14,10 +18,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use parking_lot::Mutex;
 
+pub use replay::run_resync;
 pub use session::{Refusal, Session};
 pub use settings::GatewaySettings;
 use store::Store;
@@ -67,9 +72,25 @@ impl Gateway {
         }
     }
 
+    /// `/ws`, and the HTTP transports: `/sse`, `/poll` and `POST /api/rooms/{room}/messages`
+    /// (behind the origin allow-list, with CORS for allowed origins).
     pub fn router(self: &Arc<Self>) -> Router {
+        let rates = Arc::new(http::UserRates::new(self.settings.publish_rate));
+        let over_http = Router::new()
+            .route("/sse", get(sse::stream).options(http::preflight))
+            .route("/poll", get(poll::poll).options(http::preflight))
+            .route(
+                "/api/rooms/{room}/messages",
+                post(http::publish).options(http::preflight),
+            )
+            .layer(axum::Extension(rates))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                http::cors,
+            ));
         Router::new()
             .route("/ws", get(ws::upgrade))
+            .merge(over_http)
             .with_state(self.clone())
     }
 

@@ -12,12 +12,11 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::replay::{replay, Replayed};
 use super::Gateway;
 use crate::auth::Claims;
 use crate::hub::{Frame, Outbox, Subscription};
 use crate::protocol::{self, ClientFrame, Command};
-
-const REPLAY_PAGE: i64 = 500;
 
 /// A refusal to send back: a protocol code and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +139,19 @@ impl Session {
         allowed.map_err(|e| Refusal::new(e.code(), e.to_string()))
     }
 
+    /// Whether this session may join `room`: the authorization [`Session::join`] applies,
+    /// without joining (for transports that must answer before they start streaming).
+    pub async fn check_join(&self, room: &str) -> Result<(), Refusal> {
+        if self.authorized(room, false).await? {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "forbidden",
+                format!("you may not join {room}"),
+            ))
+        }
+    }
+
     /// Joins `room`: acknowledges, replays what followed `since` (or nothing), then goes live.
     pub async fn join(
         &mut self,
@@ -211,29 +223,24 @@ impl Session {
             sub.go_live(current);
             return Ok(());
         }
-        let mut position = since;
-        let budget = self.outbox.limit() / 2;
-        while position < current {
-            let page = match store.replay(&sub.room, position, REPLAY_PAGE).await {
-                Ok(page) if page.contiguous && !page.frames.is_empty() => page,
-                Ok(_) | Err(_) => {
-                    self.send(protocol::resume_failed(&sub.room, since, current));
-                    position = current;
-                    break;
-                }
-            };
-            let full = page.frames.len() as i64 == REPLAY_PAGE;
-            for (seq, frame) in page.frames {
-                if !self.outbox.wait_until_below(budget).await || !self.outbox.push(frame) {
-                    return Ok(());
-                }
-                position = seq;
+        match replay(
+            &self.gateway.store,
+            &self.outbox,
+            &sub.room,
+            since,
+            Some(current),
+        )
+        .await
+        {
+            Replayed::Reached(position) => {
+                sub.go_live(position);
             }
-            if !full {
-                break;
+            Replayed::Unavailable => {
+                self.send(protocol::resume_failed(&sub.room, since, current));
+                sub.go_live(current);
             }
+            Replayed::Closed => {}
         }
-        sub.go_live(position);
         Ok(())
     }
 

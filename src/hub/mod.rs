@@ -3,8 +3,9 @@
 //! Guarantees: each event is encoded once and the same bytes go to every subscriber; a
 //! subscriber receives a room's events in `seq` order with no duplicates, including across the
 //! seam between its replay from PostgreSQL and the live stream; delivering never waits on a
-//! connection (see [`Outbox`]). The hub holds no data that is not in PostgreSQL: losing it
-//! loses nothing, since clients resume from the tables.
+//! connection (see [`Outbox`]). A live subscriber that sees a gap in a room's seqs (events that
+//! never came through the WAL, e.g. after a lost slot) is queued for a resync from the tables.
+//! The hub holds no data that is not in PostgreSQL: losing it loses nothing.
 
 mod outbox;
 
@@ -14,10 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
 
 pub use outbox::{CloseReason, Frame, Outbox};
 
 const SHARDS: usize = 64;
+
+/// Rooms hashed to one lock, each with its subscriptions.
+type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Subscription>>>>;
 
 /// One connection's membership of one room.
 pub struct Subscription {
@@ -34,13 +39,22 @@ pub struct Subscription {
 
 enum SubState {
     /// Replaying from PostgreSQL: live events wait here, bounded by the outbox budget.
+    /// `resync_after` is set when the hub found a gap after that seq and the resync worker
+    /// must replay; unset while the joining session replays itself.
     CatchingUp {
         buffered: Vec<(u64, Frame)>,
         bytes: usize,
+        resync_after: Option<u64>,
     },
     Live {
         last_seq: u64,
     },
+}
+
+enum Offer {
+    Queued,
+    Skipped,
+    Gap,
 }
 
 impl Subscription {
@@ -69,27 +83,61 @@ impl Subscription {
         self.removed.load(Ordering::Relaxed)
     }
 
-    fn offer(&self, seq: u64, frame: &Frame) -> bool {
+    /// Where a resync must replay from, if the hub asked for one.
+    pub fn resync_after(&self) -> Option<u64> {
+        match &*self.state.lock() {
+            SubState::CatchingUp { resync_after, .. } => *resync_after,
+            SubState::Live { .. } => None,
+        }
+    }
+
+    fn offer(&self, seq: u64, frame: &Frame) -> Offer {
         let mut state = self.state.lock();
         match &mut *state {
-            SubState::Live { last_seq } => {
-                if seq <= *last_seq {
-                    return false;
-                }
+            SubState::Live { last_seq } if seq <= *last_seq => Offer::Skipped,
+            SubState::Live { last_seq } if seq == *last_seq + 1 => {
                 *last_seq = seq;
-                self.outbox.push(frame.clone())
+                if self.outbox.push(frame.clone()) {
+                    Offer::Queued
+                } else {
+                    Offer::Skipped
+                }
             }
-            SubState::CatchingUp { buffered, bytes } => {
+            SubState::Live { last_seq } => {
+                *state = SubState::CatchingUp {
+                    resync_after: Some(*last_seq),
+                    bytes: frame.len(),
+                    buffered: vec![(seq, frame.clone())],
+                };
+                Offer::Gap
+            }
+            SubState::CatchingUp {
+                buffered, bytes, ..
+            } => {
                 *bytes += frame.len();
                 if *bytes > self.outbox.limit() {
                     buffered.clear();
                     self.outbox.close(CloseReason::SlowConsumer);
-                    return false;
+                    return Offer::Skipped;
                 }
                 buffered.push((seq, frame.clone()));
-                false
+                Offer::Skipped
             }
         }
+    }
+
+    /// Switches a live subscription to catching up from its last seq; false if it was not live.
+    fn start_resync(&self) -> bool {
+        let mut state = self.state.lock();
+        let SubState::Live { last_seq } = *state else {
+            return false;
+        };
+        *state = SubState::CatchingUp {
+            buffered: Vec::new(),
+            bytes: 0,
+            resync_after: Some(last_seq),
+        };
+        true
     }
 }
 
@@ -101,23 +149,28 @@ pub struct HubStats {
 }
 
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<Arc<str>, Vec<Arc<Subscription>>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
+    resync: mpsc::UnboundedSender<Arc<Subscription>>,
+    resync_queue: Mutex<Option<mpsc::UnboundedReceiver<Arc<Subscription>>>>,
     pub stats: HubStats,
 }
 
 impl Default for Hub {
     fn default() -> Self {
+        let (resync, queue) = mpsc::unbounded_channel();
         Hub {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
+            resync,
+            resync_queue: Mutex::new(Some(queue)),
             stats: HubStats::default(),
         }
     }
 }
 
 impl Hub {
-    fn shard(&self, room: &str) -> &RwLock<HashMap<Arc<str>, Vec<Arc<Subscription>>>> {
+    fn shard(&self, room: &str) -> &Shard {
         let index = self.hasher.hash_one(room) as usize % SHARDS;
         &self.shards[index]
     }
@@ -145,6 +198,7 @@ impl Hub {
             state: Mutex::new(SubState::CatchingUp {
                 buffered: Vec::new(),
                 bytes: 0,
+                resync_after: None,
             }),
         });
         shard.entry(room).or_default().push(sub.clone());
@@ -168,11 +222,40 @@ impl Hub {
         let Some(subs) = shard.get(room) else {
             return 0;
         };
-        let delivered = subs.iter().filter(|s| s.offer(seq, frame)).count();
+        let mut delivered = 0;
+        for sub in subs {
+            match sub.offer(seq, frame) {
+                Offer::Queued => delivered += 1,
+                Offer::Skipped => {}
+                Offer::Gap => {
+                    let _ = self.resync.send(sub.clone());
+                }
+            }
+        }
         self.stats
             .deliveries
             .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
+    }
+
+    /// Queues every live subscription for a resync from the tables: the stream may have missed
+    /// events (its slot was recreated). Returns how many were queued.
+    pub fn resync_all(&self) -> usize {
+        let mut queued = 0;
+        for shard in self.shards.iter() {
+            for sub in shard.read().values().flatten() {
+                if sub.start_resync() {
+                    let _ = self.resync.send(sub.clone());
+                    queued += 1;
+                }
+            }
+        }
+        queued
+    }
+
+    /// The queue of subscriptions to resync; taken once by the worker that replays them.
+    pub fn take_resync_queue(&self) -> Option<mpsc::UnboundedReceiver<Arc<Subscription>>> {
+        self.resync_queue.lock().take()
     }
 
     /// Relays an ephemeral frame to the room's live subscribers other than connection
@@ -253,6 +336,24 @@ mod tests {
         hub.deliver("r", 6, &Frame::from("6 again"));
         hub.deliver("r", 7, &Frame::from("7"));
         assert_eq!(drain(&outbox).await, ["6", "7"]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_live_seqs_queues_a_resync_and_buffers() {
+        let (hub, outbox, sub) = hub_with("r");
+        let mut queue = hub.take_resync_queue().unwrap();
+        sub.go_live(3);
+        assert_eq!(hub.deliver("r", 4, &Frame::from("4")), 1);
+        assert_eq!(hub.deliver("r", 7, &Frame::from("7")), 0);
+        let queued = queue.try_recv().unwrap();
+        assert!(Arc::ptr_eq(&queued, &sub));
+        assert_eq!(sub.resync_after(), Some(4));
+        hub.deliver("r", 8, &Frame::from("8"));
+        assert_eq!(drain(&outbox).await, ["4"]);
+        assert_eq!(sub.go_live(6), 8, "replay covered 5 and 6");
+        assert_eq!(drain(&outbox).await, ["7", "8"]);
+        assert_eq!(hub.resync_all(), 1);
+        assert_eq!(sub.resync_after(), Some(8));
     }
 
     #[tokio::test]

@@ -105,7 +105,12 @@ pub async fn run(
             Ok(Event::Reconnected { slot_created, .. }) => {
                 status.streaming.store(true, Ordering::Relaxed);
                 if slot_created {
-                    tracing::warn!(slot, "replication slot was missing and has been recreated");
+                    let queued = hub.resync_all();
+                    tracing::warn!(
+                        slot,
+                        resyncing = queued,
+                        "replication slot was missing and has been recreated; resyncing subscribers from the tables"
+                    );
                 }
                 status.record(&stream);
             }

@@ -162,6 +162,8 @@ pub async fn http(
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// Frames read while looking for a specific one, handed out by `recv` in order.
+    pending: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -169,7 +171,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connect");
-        let mut client = Client { ws, next_id: 0 };
+        let mut client = Client {
+            ws,
+            next_id: 0,
+            pending: Default::default(),
+        };
         let hello = client.recv().await.expect("system:connected");
         assert_eq!(hello["type"], "system:connected", "{hello}");
         client
@@ -193,6 +199,13 @@ impl Client {
 
     /// The next JSON frame that is not a heartbeat, or None when the socket closed.
     pub async fn recv(&mut self) -> Option<Value> {
+        match self.pending.pop_front() {
+            Some(frame) => Some(frame),
+            None => self.read_frame().await,
+        }
+    }
+
+    async fn read_frame(&mut self) -> Option<Value> {
         loop {
             let message = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -211,17 +224,27 @@ impl Client {
         }
     }
 
+    /// The first frame (pending or new) that `wanted` accepts; others stay pending, in order.
+    pub async fn find(&mut self, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(&wanted) {
+            return self.pending.remove(i);
+        }
+        loop {
+            let frame = self.read_frame().await?;
+            if wanted(&frame) {
+                return Some(frame);
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
     /// Waits for the ack of `id` and returns its `data`.
     pub async fn ack(&mut self, id: &str) -> Value {
-        loop {
-            let frame = self
-                .recv()
-                .await
-                .expect("socket open while waiting for an ack");
-            if frame["type"] == "ack" && frame["data"]["original_id"] == id {
-                return frame["data"].clone();
-            }
-        }
+        let frame = self
+            .find(|f| f["type"] == "ack" && f["data"]["original_id"] == id)
+            .await
+            .expect("socket open while waiting for an ack");
+        frame["data"].clone()
     }
 
     /// Joins and returns the ack data (status success or error).
@@ -255,14 +278,8 @@ impl Client {
 
     /// Waits for a frame of `kind`.
     pub async fn expect(&mut self, kind: &str) -> Value {
-        loop {
-            let frame = self
-                .recv()
-                .await
-                .unwrap_or_else(|| panic!("socket closed waiting for {kind}"));
-            if frame["type"] == kind {
-                return frame;
-            }
-        }
+        self.find(|f| f["type"] == kind)
+            .await
+            .unwrap_or_else(|| panic!("socket closed waiting for {kind}"))
     }
 }

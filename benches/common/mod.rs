@@ -1,0 +1,485 @@
+//! Shared by the `e2e` and `fanout` benches: the server process, the load-generator process
+//! (this same bench binary re-executed with `--loadgen`), a latency histogram and readings of
+//! CPU time and RSS from /proc.
+#![allow(dead_code)]
+
+pub(crate) mod loadgen;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The HS256 secret the bench server verifies client tokens with.
+pub(crate) const SECRET: &str = "bench-secret-not-for-production-use";
+
+/// Nanoseconds since the Unix epoch (the clock every process on this machine shares).
+pub(crate) fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// An HS256 token for `user` whose `rooms` claim grants `room`, valid for a day.
+pub(crate) fn token(user: &str, room: &str) -> String {
+    let now = unix_nanos() / 1_000_000_000;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": user, "rooms": [room], "exp": now + 86_400, "iat": now }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The unsigned integer right after the first `key` in `hay` (JSON whitespace skipped).
+#[inline]
+pub(crate) fn u64_after(hay: &str, key: &str) -> Option<u64> {
+    let at = hay.find(key)? + key.len();
+    let bytes = &hay.as_bytes()[at..];
+    let mut i = 0;
+    while i < bytes.len() && bytes[i] == b' ' {
+        i += 1;
+    }
+    let start = i;
+    let mut value: u64 = 0;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        value = value
+            .wrapping_mul(10)
+            .wrapping_add(u64::from(bytes[i] - b'0'));
+        i += 1;
+    }
+    (i > start).then_some(value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency histogram
+// ---------------------------------------------------------------------------------------------
+
+/// Sub-buckets per power of two: values are kept to within 1/128 (0.8 %).
+const SUB_BITS: u32 = 7;
+const SUB: usize = 1 << SUB_BITS;
+const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
+
+/// A log-linear histogram of microseconds that many threads record into without locks.
+pub(crate) struct Histogram {
+    counts: Box<[AtomicU64]>,
+    max: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket(v: u64) -> usize {
+    if v < SUB as u64 {
+        v as usize
+    } else {
+        let shift = 63 - v.leading_zeros() - SUB_BITS;
+        (((shift + 1) as usize) << SUB_BITS) + ((v >> shift) as usize - SUB)
+    }
+}
+
+/// The middle of bucket `i`.
+fn bucket_value(i: usize) -> f64 {
+    if i < SUB {
+        i as f64
+    } else {
+        let shift = (i >> SUB_BITS) - 1;
+        let low = ((SUB + (i & (SUB - 1))) as u64) << shift;
+        low as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
+    }
+}
+
+impl Histogram {
+    #[inline]
+    pub(crate) fn record(&self, micros: u64) {
+        self.counts[bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        if micros > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(micros, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Adds `other`'s counts into this one.
+    pub(crate) fn merge(&self, other: &Histogram) {
+        for (a, b) in self.counts.iter().zip(other.counts.iter()) {
+            let n = b.load(Ordering::Relaxed);
+            if n > 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.max
+            .fetch_max(other.max.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The `q` quantile (0..=1) in microseconds; 0 when empty.
+    pub(crate) fn quantile(&self, q: f64) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c.load(Ordering::Relaxed);
+            if seen >= rank {
+                return bucket_value(i).min(self.max_micros() as f64);
+            }
+        }
+        self.max_micros() as f64
+    }
+
+    pub(crate) fn max_micros(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+// ---------------------------------------------------------------------------------------------
+
+/// Clock ticks per second of /proc/<pid>/stat times (USER_HZ, 100 on Linux).
+pub(crate) const TICKS_PER_S: f64 = 100.0;
+
+/// Fields of /proc/<pid>/stat after the command name (index 0 is the state).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// utime + stime of a process (all its threads), in ticks; 0 when it is gone.
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
+    stat_fields(pid).map_or(0, |f| f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0))
+}
+
+/// utime + stime of `parent` and of its live children, in ticks (a PostgreSQL cluster: the
+/// postmaster and its backends, walsenders and background workers).
+pub(crate) fn tree_cpu_ticks(parent: u32) -> u64 {
+    let mut total = cpu_ticks(parent);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(f) = stat_fields(pid) {
+                if f.get(1).copied() == Some(u64::from(parent)) {
+                    total += f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0);
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Resident set size of a process in KiB (VmRSS); 0 when it is gone.
+pub(crate) fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The postmaster's pid, from the data directory.
+pub(crate) fn postmaster_pid(pgdata: &Path) -> Option<u32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU time of the processes a bench watches, read at one moment.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuSnapshot {
+    at: Instant,
+    ticks: Vec<u64>,
+}
+
+/// What a bench watches: (label, pid, include live children).
+pub(crate) struct CpuWatch {
+    pub(crate) procs: Vec<(&'static str, u32, bool)>,
+}
+
+impl CpuWatch {
+    pub(crate) fn snapshot(&self) -> CpuSnapshot {
+        CpuSnapshot {
+            at: Instant::now(),
+            ticks: self
+                .procs
+                .iter()
+                .map(|&(_, pid, tree)| {
+                    if tree {
+                        tree_cpu_ticks(pid)
+                    } else {
+                        cpu_ticks(pid)
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// CPU use between two snapshots, per process, in % of one core.
+    pub(crate) fn percent(&self, from: &CpuSnapshot, to: &CpuSnapshot) -> Vec<(&'static str, f64)> {
+        let secs = to.at.duration_since(from.at).as_secs_f64().max(1e-9);
+        self.procs
+            .iter()
+            .zip(from.ticks.iter().zip(to.ticks.iter()))
+            .map(|(&(label, _, _), (a, b))| {
+                (
+                    label,
+                    b.saturating_sub(*a) as f64 / TICKS_PER_S / secs * 100.0,
+                )
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn format_cpu(cpu: &[(&str, f64)]) -> String {
+    cpu.iter()
+        .map(|(label, pct)| format!("{label} {pct:.0}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Cores available to us and the CPU model from /proc/cpuinfo.
+pub(crate) fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GiB RAM", kb as f64 / 1048576.0)
+        });
+    format!("{cores} cores, {cpu}{mem}")
+}
+
+/// The soft limit on open files of this process (inherited by the server and load generator).
+pub(crate) fn open_files_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------------
+
+/// A `triptrip-realtime serve` process on `database_url`, killed on drop.
+pub(crate) struct ServerProc {
+    child: Child,
+    pub(crate) port: u16,
+    _data_dir: tempfile::TempDir,
+}
+
+impl ServerProc {
+    pub(crate) async fn start(database_url: &str) -> Result<ServerProc, BoxError> {
+        let port = free_port();
+        let data_dir = tempfile::tempdir()?;
+        let child = Command::new(env!("CARGO_BIN_EXE_triptrip-realtime"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("TRIPTRIP_DATA_DIR", data_dir.path())
+            .env("TRIPTRIP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TRIPTRIP_JWT_SECRET", SECRET)
+            // One user per connection anyway; publishers send far above the default rate.
+            .env("TRIPTRIP_MAX_CONNECTIONS_PER_USER", "100000")
+            .env("TRIPTRIP_PUBLISH_RATE", "1000000")
+            .env("TRIPTRIP_DRAIN_MS", "200")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut server = ServerProc {
+            child,
+            port,
+            _data_dir: data_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if http_status(port, "/ready").await == Some(200) {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                return Err(format!("the server exited before it was ready: {status}").into());
+            }
+            if Instant::now() > deadline {
+                return Err("the server was not ready within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of `GET path` on 127.0.0.1:`port`, or None when it cannot be had.
+pub(crate) async fn http_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response);
+        text.split(' ').nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load-generator process, seen from the orchestrator
+// ---------------------------------------------------------------------------------------------
+
+/// This bench binary re-executed with `--loadgen …`; talks line by line over stdin/stdout.
+pub(crate) struct LoadgenProc {
+    child: tokio::process::Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl LoadgenProc {
+    pub(crate) fn spawn(options: &loadgen::Options) -> Result<LoadgenProc, BoxError> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(options.to_args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        Ok(LoadgenProc {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub(crate) async fn send(&mut self, command: &str) -> Result<(), BoxError> {
+        self.stdin.write_all(command.as_bytes()).await?;
+        self.stdin.write_all(b"\n").await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    /// The next line starting with `word`, parsed into its `key=value` pairs.
+    pub(crate) async fn expect(
+        &mut self,
+        word: &str,
+        limit: Duration,
+    ) -> Result<HashMap<String, String>, BoxError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .map_err(|_| format!("no {word} from the load generator within {limit:?}"))??
+                .ok_or_else(|| format!("the load generator exited before {word}"))?;
+            if line.split_whitespace().next() == Some(word) {
+                return Ok(parse_kv(&line));
+            }
+            eprintln!("loadgen: {line}");
+        }
+    }
+
+    pub(crate) async fn quit(mut self) {
+        let _ = self.send("QUIT").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let _ = self.child.kill().await;
+    }
+}
+
+pub(crate) fn parse_kv(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A numeric field of a parsed line; 0 when missing.
+pub(crate) fn num(kv: &HashMap<String, String>, key: &str) -> f64 {
+    kv.get(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}

@@ -1,0 +1,285 @@
+//! `./bench.sh e2e`: commit-to-client latency through the whole server, from a separate
+//! load-generator process on the same machine.
+//!
+//! Three processes besides PostgreSQL (a private cluster): this orchestrator, which also runs
+//! the SQL writers; the server (`triptrip-realtime serve`, the release binary); and the load
+//! generator (this binary re-executed with `--loadgen`), which holds 100 rooms × 100
+//! subscribers = 10,000 WebSocket connections, each with its own token whose `rooms` claim
+//! grants its room, joined without `since`.
+//!
+//! Method:
+//! 1. Server RSS is read idle before any client connects, and again once all 10,000 have
+//!    joined and the server has been left idle a few seconds: `rss_kb_per_conn` is the
+//!    difference over 10,000.
+//! 2. 20 writer connections commit 100 rows/s each (2,000 rows/s in total), every row its own
+//!    transaction, `SELECT realtime.publish(room, 'bench', jsonb_build_object('t', <Unix ns
+//!    just before the statement is sent>, 'pad', <100 bytes>))`. Writer `w` writes rooms
+//!    `w, w+20, …, w+80` in turn, so writers never queue on one room's seq lock.
+//! 3. For every `room:message` the load generator records now − t: the latency from just
+//!    before the commit to the client, commit included, on one clock. It checks per connection
+//!    that seqs follow each other with no gap and no duplicate.
+//! 4. After the writers stop, the tail is awaited; lost = committed rows × 100 − received.
+//!
+//! The last line is machine-readable:
+//! `RESULT e2e p50_ms=… p99_ms=… deliveries_per_s=… rss_kb_per_conn=… lost=…`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::loadgen::{self, room_name, Target, PAD};
+use common::{
+    format_cpu, loadavg, machine, num, open_files_limit, postmaster_pid, rss_kb, unix_nanos,
+    BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc,
+};
+use pgcluster::Cluster;
+use tokio_postgres::NoTls;
+
+const ROOMS: usize = 100;
+const SUBS: usize = 100;
+const WRITERS: usize = 20;
+const ROWS_PER_WRITER_PER_S: f64 = 100.0;
+const WRITE_SECS: f64 = 20.0;
+/// Idle time before reading RSS, so the server has settled.
+const SETTLE: Duration = Duration::from_secs(5);
+/// How long deliveries may trail the last commit before the missing ones count as lost.
+const TAIL: Duration = Duration::from_secs(15);
+
+const GOAL_P99_MS: f64 = 50.0;
+const GOAL_RSS_KB: f64 = 8.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--loadgen") {
+        loadgen::main(&args);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(async { tokio::spawn(run()).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("e2e bench failed: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("e2e bench panicked: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    let conns = ROOMS * SUBS;
+    let rate = WRITERS as f64 * ROWS_PER_WRITER_PER_S;
+    println!(
+        "e2e bench: {ROOMS} rooms x {SUBS} subscribers = {conns} WebSocket connections; \
+         {WRITERS} SQL writers x {ROWS_PER_WRITER_PER_S:.0} rows/s = {rate:.0} rows/s for {WRITE_SECS:.0} s \
+         ({:.0} deliveries/s offered)",
+        rate * SUBS as f64
+    );
+    println!(
+        "machine: {}; load average at start: {}; open files limit: {}",
+        machine(),
+        loadavg(),
+        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
+    );
+
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
+    let url = cluster.url("postgres");
+    let server = ServerProc::start(&url).await?;
+    let postmaster = postmaster_pid(cluster.pgdata()).ok_or("no postmaster.pid")?;
+    println!(
+        "server: pid {} on 127.0.0.1:{}; PostgreSQL on 127.0.0.1:{}",
+        server.pid(),
+        server.port,
+        cluster.port()
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = rss_kb(server.pid());
+
+    let mut lg = LoadgenProc::spawn(&loadgen::Options {
+        target: Target::Ours,
+        port: server.port,
+        rooms: ROOMS,
+        subs: SUBS,
+        publishers: false,
+    })?;
+    let ready = lg.expect("READY", Duration::from_secs(300)).await?;
+    let joined = num(&ready, "joined") as usize;
+    println!(
+        "load generator: pid {}; {joined} connections joined in {:.1} s ({} failed)",
+        lg.pid(),
+        num(&ready, "connect_secs"),
+        num(&ready, "failed")
+    );
+    if joined != conns {
+        return Err(format!("only {joined} of {conns} connections joined").into());
+    }
+    tokio::time::sleep(SETTLE).await;
+    let rss_idle = rss_kb(server.pid());
+    let rss_per_conn = rss_idle.saturating_sub(rss_before) as f64 / conns as f64;
+    println!(
+        "server RSS: {rss_before} KiB idle without clients, {rss_idle} KiB with {conns} idle joined connections \
+         -> {rss_per_conn:.1} KiB per connection (load generator RSS {} KiB)",
+        rss_kb(lg.pid())
+    );
+
+    // Writers: connected and prepared before the clock starts.
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let statement = client
+            .prepare(
+                "SELECT realtime.publish($1, 'bench', jsonb_build_object('t', $2::bigint, 'pad', $3::text))",
+            )
+            .await?;
+        writers.push((client, statement));
+    }
+
+    let watch = CpuWatch {
+        procs: vec![
+            ("server", server.pid(), false),
+            ("load generator", lg.pid(), false),
+            ("PostgreSQL", postmaster, true),
+            ("orchestrator+writers", std::process::id(), false),
+        ],
+    };
+    println!("load average before writing: {}", loadavg());
+    let commit_rtt = Arc::new(Histogram::default());
+    let failures = Arc::new(AtomicU64::new(0));
+    let cpu_start = watch.snapshot();
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let end = start + Duration::from_secs_f64(WRITE_SECS);
+    let mut tasks = Vec::new();
+    for (w, (client, statement)) in writers.into_iter().enumerate() {
+        let (commit_rtt, failures) = (commit_rtt.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let period = 1.0 / ROWS_PER_WRITER_PER_S;
+            let offset = w as f64 * period / WRITERS as f64;
+            let rooms: Vec<String> = (0..ROOMS / WRITERS)
+                .map(|k| room_name(w + k * WRITERS))
+                .collect();
+            let mut written = vec![0u64; rooms.len()];
+            let mut j = 0usize;
+            loop {
+                let at = start + Duration::from_secs_f64(offset + j as f64 * period);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                let k = j % rooms.len();
+                let sent = Instant::now();
+                let t = unix_nanos() as i64;
+                match client.query_one(&statement, &[&rooms[k], &t, &PAD]).await {
+                    Ok(_) => {
+                        written[k] += 1;
+                        commit_rtt.record(sent.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => {
+                        if failures.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("writer {w}: {e}");
+                        }
+                    }
+                }
+                j += 1;
+            }
+            (client, written.iter().sum::<u64>())
+        }));
+    }
+    let mut rows = 0u64;
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, written) = task.await?;
+        rows += written;
+        clients.push(client);
+    }
+    let cpu_end = watch.snapshot();
+    let write_secs = start.elapsed().as_secs_f64();
+    let cpu = watch.percent(&cpu_start, &cpu_end);
+    let rss_loaded = rss_kb(server.pid());
+    println!("load average after writing: {}", loadavg());
+
+    // The tail: wait until every delivery arrived or TAIL passed.
+    let expected = rows * SUBS as u64;
+    let tail_start = Instant::now();
+    loop {
+        lg.send("STATUS").await?;
+        let status = lg.expect("STATUS", Duration::from_secs(30)).await?;
+        if num(&status, "received") as u64 >= expected || tail_start.elapsed() >= TAIL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lg.send("REPORT").await?;
+    let report = lg.expect("REPORT", Duration::from_secs(30)).await?;
+    lg.quit().await;
+
+    let in_db: i64 = clients[0]
+        .query_one("SELECT count(*) FROM realtime.messages", &[])
+        .await?
+        .get(0);
+    drop(clients);
+
+    let received = num(&report, "received") as u64;
+    let lost = expected.saturating_sub(received);
+    let span_s = (num(&report, "last_ns") - num(&report, "first_ns")) / 1e9;
+    let deliveries_per_s = if span_s > 0.0 {
+        received as f64 / span_s
+    } else {
+        0.0
+    };
+    let ms = |key: &str| num(&report, key) / 1000.0;
+    let (p50, p99, p999) = (ms("p50_us"), ms("p99_us"), ms("p999_us"));
+
+    println!(
+        "writers: {rows} rows committed in {write_secs:.1} s ({:.0} rows/s; {} failed; {in_db} rows in realtime.messages); \
+         statement round trip incl. commit p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        rows as f64 / write_secs,
+        failures.load(Ordering::Relaxed),
+        commit_rtt.quantile(0.5) / 1000.0,
+        commit_rtt.quantile(0.99) / 1000.0,
+        commit_rtt.max_micros() as f64 / 1000.0,
+    );
+    println!(
+        "deliveries: {received} of {expected} expected ({lost} lost) over {span_s:.1} s = {deliveries_per_s:.0}/s; \
+         per-connection seq checks: {} skipped, {} duplicate/out of order, {} connections behind their room by {} events; \
+         {} connections closed, {} error frames",
+        num(&report, "gaps"),
+        num(&report, "disorder"),
+        num(&report, "behind_conns"),
+        num(&report, "behind_events"),
+        num(&report, "closed"),
+        num(&report, "errors"),
+    );
+    println!(
+        "commit-to-client latency: p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {:.2} ms",
+        ms("p90_us"),
+        ms("max_us"),
+    );
+    println!(
+        "CPU while writing (% of one core): {}; server RSS under load {rss_loaded} KiB",
+        format_cpu(&cpu)
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "goals: p99 <= {GOAL_P99_MS} ms {}; nothing lost {}; <= {GOAL_RSS_KB} KiB per idle connection {}",
+        verdict(p99 <= GOAL_P99_MS),
+        verdict(lost == 0 && num(&report, "gaps") == 0.0),
+        verdict(rss_per_conn <= GOAL_RSS_KB),
+    );
+    println!(
+        "RESULT e2e p50_ms={p50:.2} p99_ms={p99:.2} deliveries_per_s={deliveries_per_s:.0} rss_kb_per_conn={rss_per_conn:.1} lost={lost}"
+    );
+    drop(server);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(())
+}

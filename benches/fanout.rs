@@ -1,0 +1,274 @@
+//! `./bench.sh fanout`: in-memory fan-out of client-published events (no database on the
+//! path), ours against Socket.IO 4.8, driven by the same load generator in the same run.
+//!
+//! For each server: a separate load-generator process (this binary re-executed with
+//! `--loadgen`) opens 100 rooms × 100 subscribers = 10,000 WebSocket connections plus one
+//! publishing connection per room. Ours: `room:broadcast`, relayed to the room's other
+//! members (the sender's connection is excluded). Socket.IO (`bench/socketio/server.js`):
+//! `socket.to(room).emit('msg', payload)`, which also excludes the sender; the load generator
+//! speaks Engine.IO v4 / Socket.IO v5 over a raw WebSocket.
+//!
+//! A ladder of publish rates (events/s in total, spread evenly over the rooms), each step
+//! `STEP_SECS` long. Every payload carries its send time (Unix ns), its step and a per-room
+//! counter; every subscriber must receive every event of its room. After a step's publishers
+//! stop, late deliveries are awaited up to 5 s, then the missing ones count as lost. A step
+//! passes when its p99 latency is <= 50 ms, nothing is lost, no connection closed, and the
+//! publishers kept up with the rate (>= 95 %). The ladder stops at the first failed step; max
+//! = the highest passed rate × 100 subscribers, in deliveries/s.
+//!
+//! The last line is machine-readable:
+//! `RESULT fanout ours_max_deliveries_per_s=… socketio_max_deliveries_per_s=… ratio=…`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::loadgen::{self, Target};
+use common::{
+    format_cpu, free_port, loadavg, machine, num, open_files_limit, rss_kb, BoxError, CpuWatch,
+    LoadgenProc, ServerProc,
+};
+use pgcluster::Cluster;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const ROOMS: usize = 100;
+const SUBS: usize = 100;
+/// Publish rates in events/s over all rooms (× 100 subscribers = deliveries/s).
+const LADDER: &[f64] = &[
+    20.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0,
+];
+const STEP_SECS: f64 = 8.0;
+const GOAL_P99_MS: f64 = 50.0;
+const GOAL_RATIO: f64 = 10.0;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--loadgen") {
+        loadgen::main(&args);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(async { tokio::spawn(run()).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("fanout bench failed: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("fanout bench panicked: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    println!(
+        "fanout bench: {ROOMS} rooms x {SUBS} subscribers = {} WebSocket connections + {ROOMS} publishers; \
+         ladder {} events/s, {STEP_SECS:.0} s per step; pass = p99 <= {GOAL_P99_MS} ms, nothing lost",
+        ROOMS * SUBS,
+        LADDER
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join("/"),
+    );
+    println!(
+        "machine: {}; load average at start: {}; open files limit: {}",
+        machine(),
+        loadavg(),
+        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
+    );
+
+    // Ours, on a private cluster (joins read the room's seq; broadcasts never touch it).
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
+    let server = ServerProc::start(&cluster.url("postgres")).await?;
+    println!(
+        "\n== ours: triptrip-realtime (pid {}, 127.0.0.1:{})",
+        server.pid(),
+        server.port
+    );
+    let ours = ladder(Target::Ours, server.port, server.pid()).await?;
+    drop(server);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+
+    let node = NodeServer::start().await?;
+    println!(
+        "\n== Socket.IO {} on Node.js {} (pid {}, 127.0.0.1:{}, websocket transport only)",
+        node.socket_io_version, node.node_version, node.pid, node.port
+    );
+    let theirs = ladder(Target::SocketIo, node.port, node.pid).await?;
+    drop(node);
+
+    let ratio = if theirs > 0.0 {
+        ours / theirs
+    } else {
+        f64::INFINITY
+    };
+    println!(
+        "\nmax deliveries/s with p99 <= {GOAL_P99_MS} ms and nothing lost: ours {ours:.0}, Socket.IO {theirs:.0}, ratio {ratio:.2} \
+         (goal >= {GOAL_RATIO}: {}); load average at end: {}",
+        if ratio >= GOAL_RATIO { "met" } else { "MISSED" },
+        loadavg()
+    );
+    println!(
+        "RESULT fanout ours_max_deliveries_per_s={ours:.0} socketio_max_deliveries_per_s={theirs:.0} ratio={ratio:.2}"
+    );
+    Ok(())
+}
+
+/// Runs the ladder against one server; returns the highest passing rate in deliveries/s.
+async fn ladder(target: Target, port: u16, server_pid: u32) -> Result<f64, BoxError> {
+    let rss_before = rss_kb(server_pid);
+    let mut lg = LoadgenProc::spawn(&loadgen::Options {
+        target,
+        port,
+        rooms: ROOMS,
+        subs: SUBS,
+        publishers: true,
+    })?;
+    let ready = lg.expect("READY", Duration::from_secs(300)).await?;
+    let joined = num(&ready, "joined") as usize;
+    let publishers = num(&ready, "publishers") as usize;
+    if joined != ROOMS * SUBS || publishers != ROOMS {
+        return Err(format!(
+            "only {joined} of {} subscribers and {publishers} of {ROOMS} publishers joined",
+            ROOMS * SUBS
+        )
+        .into());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_idle = rss_kb(server_pid);
+    println!(
+        "{joined} subscribers + {publishers} publishers joined in {:.1} s (load generator pid {}); \
+         server RSS {rss_before} KiB -> {rss_idle} KiB ({:.1} KiB per connection); load average {}",
+        num(&ready, "connect_secs"),
+        lg.pid(),
+        rss_idle.saturating_sub(rss_before) as f64 / (joined + publishers) as f64,
+        loadavg()
+    );
+    let watch = CpuWatch {
+        procs: vec![
+            ("server", server_pid, false),
+            ("load generator", lg.pid(), false),
+        ],
+    };
+    let mut best = 0.0;
+    for (index, &rate) in LADDER.iter().enumerate() {
+        lg.send(&format!("STEP {index} {rate} {STEP_SECS}")).await?;
+        let cpu_start = watch.snapshot();
+        lg.expect("STEP_SENT", Duration::from_secs_f64(STEP_SECS + 60.0))
+            .await?;
+        let cpu_end = watch.snapshot();
+        let done = lg.expect("STEP_DONE", Duration::from_secs(60)).await?;
+        let cpu = watch.percent(&cpu_start, &cpu_end);
+        let ms = |key: &str| num(&done, key) / 1000.0;
+        let sent_per_s = num(&done, "sent_per_s");
+        let lost = num(&done, "lost");
+        let closed = num(&done, "closed");
+        let p99 = ms("p99_us");
+        let mut why = Vec::new();
+        if p99 > GOAL_P99_MS {
+            why.push(format!("p99 {p99:.1} ms > {GOAL_P99_MS} ms"));
+        }
+        if lost > 0.0 {
+            why.push(format!("{lost:.0} lost"));
+        }
+        if closed > 0.0 {
+            why.push(format!("{closed:.0} connections closed"));
+        }
+        if sent_per_s < 0.95 * rate {
+            why.push(format!("publishers reached only {sent_per_s:.0} events/s"));
+        }
+        println!(
+            "  {rate:>5.0} events/s ({:>7.0} deliveries/s): sent {:.0}/s, received {:.0}/{:.0}, \
+             latency p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.1} ms; CPU {}; RSS {} KiB; {}",
+            rate * SUBS as f64,
+            sent_per_s,
+            num(&done, "received"),
+            num(&done, "expected"),
+            ms("p50_us"),
+            p99,
+            ms("p999_us"),
+            ms("max_us"),
+            format_cpu(&cpu),
+            rss_kb(server_pid),
+            if why.is_empty() {
+                "pass".to_owned()
+            } else {
+                format!("FAIL ({})", why.join(", "))
+            },
+        );
+        if !why.is_empty() {
+            break;
+        }
+        best = rate * SUBS as f64;
+    }
+    lg.quit().await;
+    Ok(best)
+}
+
+/// `node bench/socketio/server.js` on a free port, killed on drop.
+struct NodeServer {
+    _child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+    node_version: String,
+    socket_io_version: String,
+}
+
+impl NodeServer {
+    async fn start() -> Result<NodeServer, BoxError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/socketio");
+        let package = dir.join("node_modules/socket.io/package.json");
+        let socket_io_version = std::fs::read_to_string(&package)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_owned))
+            .ok_or_else(|| {
+                format!(
+                    "{} is missing: run `npm install --no-audit --no-fund` in {} (./bench.sh fanout does)",
+                    package.display(),
+                    dir.display()
+                )
+            })?;
+        let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
+        let node_version = std::process::Command::new(&node)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .map_err(|e| format!("cannot run {node}: {e}"))?;
+        let port = free_port();
+        let mut child = tokio::process::Command::new(&node)
+            .arg(dir.join("server.js"))
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or("node exited")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| "the Socket.IO server did not start within 30 s")??
+            .ok_or("the Socket.IO server exited")?;
+        if !line.starts_with("listening") {
+            return Err(format!("unexpected first line from the Socket.IO server: {line}").into());
+        }
+        // Keep draining its stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(NodeServer {
+            _child: child,
+            pid,
+            port,
+            node_version,
+            socket_io_version,
+        })
+    }
+}

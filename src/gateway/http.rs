@@ -1,0 +1,798 @@
+//! What the HTTP transports share (`/sse`, `/poll`), and HTTP publishing
+//! (`POST /api/rooms/{room}/messages`).
+//!
+//! The fallback transports speak the WebSocket protocol's envelopes over plain HTTP. They
+//! authenticate like `/ws` (`?token=` or `Authorization: Bearer`), join rooms through
+//! [`Session::join`] (same authorization, replay from `since`, seam, `resume:failed`), and name
+//! where a client is with a *cursor*: `room@seq,room@seq` (bare `room` = from now). A cursor is
+//! both what `rooms=` accepts and what the server hands back, so resuming never needs state on
+//! the server.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_MAX_AGE, CONTENT_LENGTH, ORIGIN, RETRY_AFTER, VARY,
+};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::ws::{bearer_token, refuse};
+use super::{Gateway, Refusal, Session};
+use crate::auth::Claims;
+use crate::hub::Outbox;
+use crate::protocol::{self, Command};
+
+/// Query parameters of `/sse` and `/poll` (and `?token=` on a publish).
+#[derive(Deserialize)]
+pub(super) struct FallbackQuery {
+    pub(super) token: Option<String>,
+    pub(super) rooms: Option<String>,
+    pub(super) timeout_ms: Option<String>,
+}
+
+/// The HTTP status that goes with a protocol error code.
+pub(super) fn status_for(code: &str) -> StatusCode {
+    match code {
+        "unauthorized" | "token_expired" => StatusCode::UNAUTHORIZED,
+        "forbidden" | "origin_not_allowed" => StatusCode::FORBIDDEN,
+        "frame_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "rate_limited" | "too_many_connections" => StatusCode::TOO_MANY_REQUESTS,
+        "draining" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A refusal as an HTTP response: its status and the error envelope.
+pub(super) fn refusal_response(refusal: &Refusal) -> Response {
+    let mut response = refuse(status_for(refusal.code), refusal.code, &refusal.message);
+    if refusal.code == "rate_limited" || refusal.code == "draining" {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The token from `?token=` or `Authorization: Bearer`, verified.
+pub(super) fn authenticate(
+    gateway: &Gateway,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Claims, Refusal> {
+    let token = query_token
+        .map(str::to_owned)
+        .or_else(|| bearer_token(headers))
+        .ok_or_else(|| {
+            Refusal::new(
+                "unauthorized",
+                "no token: pass ?token=<JWT> or Authorization: Bearer <JWT>",
+            )
+        })?;
+    gateway
+        .verifier
+        .verify(&token)
+        .map_err(|e| Refusal::new(e.code(), e.to_string()))
+}
+
+/// A room a client asks for, and the last seq it has seen there (`None`: from now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Wanted {
+    pub(super) room: String,
+    pub(super) since: Option<u64>,
+}
+
+fn invalid(message: String) -> Refusal {
+    Refusal::new("invalid_field", message)
+}
+
+fn shown(item: &str) -> String {
+    let mut shown: String = item.chars().take(64).collect();
+    if shown.len() < item.len() {
+        shown.push('…');
+    }
+    shown
+}
+
+/// Parses a cursor, `room` or `room@since` items separated by commas; `what` names the
+/// parameter in error messages.
+pub(super) fn parse_cursor(value: &str, what: &str) -> Result<Vec<Wanted>, Refusal> {
+    if value.trim().is_empty() {
+        return Err(invalid(format!(
+            "`{what}` is empty: list rooms as room or room@since, separated by commas"
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut wanted = Vec::new();
+    for item in value.split(',') {
+        let (room, since) = match item.split_once('@') {
+            Some((room, since)) => (room, Some(since)),
+            None => (item, None),
+        };
+        if !protocol::valid_room(room) {
+            return Err(invalid(format!(
+                "`{what}`: {:?} is not a room name (1 to 200 characters of A-Z a-z 0-9 _ . : -)",
+                shown(room)
+            )));
+        }
+        let since = match since {
+            None => None,
+            Some(s) => match s.parse::<u64>() {
+                Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+                _ => {
+                    return Err(invalid(format!(
+                        "`{what}`: {:?}: the part after @ must be the last seq seen, a \
+                         non-negative integer",
+                        shown(item)
+                    )))
+                }
+            },
+        };
+        if !seen.insert(room) {
+            return Err(invalid(format!("`{what}` lists {room} twice")));
+        }
+        wanted.push(Wanted {
+            room: room.to_owned(),
+            since,
+        });
+    }
+    Ok(wanted)
+}
+
+/// The `rooms` parameter: a cursor of at most `max` rooms.
+pub(super) fn parse_rooms(value: Option<&str>, max: usize) -> Result<Vec<Wanted>, Refusal> {
+    let value = value.ok_or_else(|| {
+        invalid("`rooms` is required: list rooms as room or room@since, separated by commas".into())
+    })?;
+    if value.split(',').count() > max {
+        return Err(Refusal::new(
+            "too_many_rooms",
+            format!("a connection may join at most {max} rooms"),
+        ));
+    }
+    parse_cursor(value, "rooms")
+}
+
+/// Where a stream or a chain of polls is in each of its rooms.
+pub(super) struct Cursor {
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+}
+
+struct Entry {
+    room: String,
+    /// The last seq delivered (or asked for with `since`); `None` until a join without
+    /// `since` is acknowledged.
+    position: Option<u64>,
+    refused: bool,
+}
+
+impl Cursor {
+    pub(super) fn new(wanted: &[Wanted]) -> Cursor {
+        Cursor {
+            entries: wanted
+                .iter()
+                .map(|w| Entry {
+                    room: w.room.clone(),
+                    position: w.since,
+                    refused: false,
+                })
+                .collect(),
+            index: wanted
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (w.room.clone(), i))
+                .collect(),
+        }
+    }
+
+    /// Takes in a frame on its way to the client; returns whether the cursor changed.
+    pub(super) fn apply(&mut self, seen: &Seen<'_>) -> bool {
+        let (room, update): (&str, fn(&mut Entry, u64) -> bool, u64) = match seen {
+            Seen::Message { room, seq } => (&**room, advance, *seq),
+            Seen::Joined { room, seq } => (&**room, joined, *seq),
+            Seen::ResumeFailed { room, seq } => (&**room, reset, *seq),
+            Seen::Refused { room } => (&**room, refuse_room, 0),
+            Seen::Reconnect { .. } | Seen::Other => return false,
+        };
+        match self.index.get(room) {
+            Some(&i) => update(&mut self.entries[i], seq),
+            None => false,
+        }
+    }
+
+    /// `room@seq,…` over the rooms not refused; rooms without a position are left out, or
+    /// written bare with `bare`.
+    pub(super) fn render(&self, bare: bool) -> String {
+        let mut out = String::new();
+        for entry in self.entries.iter().filter(|e| !e.refused) {
+            if entry.position.is_none() && !bare {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&entry.room);
+            if let Some(position) = entry.position {
+                out.push('@');
+                out.push_str(&position.to_string());
+            }
+        }
+        out
+    }
+}
+
+fn advance(entry: &mut Entry, seq: u64) -> bool {
+    let changed = entry.position.is_none_or(|p| p < seq);
+    if changed {
+        entry.position = Some(seq);
+    }
+    changed
+}
+
+fn joined(entry: &mut Entry, seq: u64) -> bool {
+    if entry.position.is_some() {
+        return false;
+    }
+    entry.position = Some(seq);
+    true
+}
+
+fn reset(entry: &mut Entry, seq: u64) -> bool {
+    entry.position = Some(seq);
+    true
+}
+
+fn refuse_room(entry: &mut Entry, _: u64) -> bool {
+    entry.refused = true;
+    true
+}
+
+/// What a server frame means for a cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Seen<'a> {
+    Message {
+        room: Cow<'a, str>,
+        seq: u64,
+    },
+    /// A successful join (`ack` of `join:<room>`), with the room's seq at that moment.
+    Joined {
+        room: String,
+        seq: u64,
+    },
+    /// A refused join (`ack` of `join:<room>` with status error).
+    Refused {
+        room: String,
+    },
+    ResumeFailed {
+        room: String,
+        seq: u64,
+    },
+    Reconnect {
+        retry_after_ms: u64,
+    },
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AckData {
+    original_id: String,
+    status: String,
+    #[serde(default)]
+    result: Option<SeqOf>,
+}
+
+#[derive(Deserialize)]
+struct SeqOf {
+    #[serde(default)]
+    seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RoomSeq {
+    room: String,
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct ReconnectData {
+    #[serde(default)]
+    retry_after_ms: u64,
+}
+
+/// The id a fallback transport gives the join of `room`.
+pub(super) fn join_id(room: &str) -> String {
+    format!("join:{room}")
+}
+
+/// A server frame's `type` and what it means for a cursor.
+pub(super) fn classify(frame: &str) -> (Cow<'_, str>, Seen<'_>) {
+    let Ok(head) = serde_json::from_str::<Head<'_>>(frame) else {
+        return (Cow::Borrowed("message"), Seen::Other);
+    };
+    let data = head.data.map_or("null", RawValue::get);
+    let seen = match &*head.kind {
+        "room:message" => match (head.room, head.seq) {
+            (Some(room), Some(seq)) => Seen::Message { room, seq },
+            _ => Seen::Other,
+        },
+        "ack" => match serde_json::from_str::<AckData>(data) {
+            Ok(ack) => match ack.original_id.strip_prefix("join:") {
+                Some(room) if ack.status == "success" => match ack.result.and_then(|r| r.seq) {
+                    Some(seq) => Seen::Joined {
+                        room: room.to_owned(),
+                        seq,
+                    },
+                    None => Seen::Other,
+                },
+                Some(room) => Seen::Refused {
+                    room: room.to_owned(),
+                },
+                None => Seen::Other,
+            },
+            Err(_) => Seen::Other,
+        },
+        "resume:failed" => match serde_json::from_str::<RoomSeq>(data) {
+            Ok(r) => Seen::ResumeFailed {
+                room: r.room,
+                seq: r.seq,
+            },
+            Err(_) => Seen::Other,
+        },
+        "system:reconnect" => Seen::Reconnect {
+            retry_after_ms: serde_json::from_str::<ReconnectData>(data)
+                .map_or(1_000, |d| d.retry_after_ms),
+        },
+        _ => Seen::Other,
+    };
+    (head.kind, seen)
+}
+
+/// Checks rooms in order until one may be joined; returns the refusals met on the way, or the
+/// first refusal when no room may be joined (the request is then refused as a whole).
+pub(super) async fn first_allowed(
+    session: &Session,
+    wanted: &[Wanted],
+) -> Result<HashMap<String, Refusal>, Refusal> {
+    let mut refused = HashMap::new();
+    let mut first = None;
+    for w in wanted {
+        match session.check_join(&w.room).await {
+            Ok(()) => return Ok(refused),
+            Err(refusal) => {
+                first.get_or_insert_with(|| refusal.clone());
+                refused.insert(w.room.clone(), refusal);
+            }
+        }
+    }
+    Err(first.unwrap_or_else(|| Refusal::new("invalid_field", "no rooms")))
+}
+
+/// Joins every wanted room through the session, rooms without `since` first (they only need
+/// an ack), each with id `join:<room>`; a refusal becomes an error `ack` in the outbox. Stops
+/// early once the outbox is closed.
+pub(super) async fn join_all(
+    session: &mut Session,
+    wanted: &[Wanted],
+    refused: &HashMap<String, Refusal>,
+) {
+    let order = wanted
+        .iter()
+        .filter(|w| w.since.is_none())
+        .chain(wanted.iter().filter(|w| w.since.is_some()));
+    for w in order {
+        if session.outbox.is_closed() {
+            return;
+        }
+        let id = join_id(&w.room);
+        let result = match refused.get(&w.room) {
+            Some(refusal) => Err(refusal.clone()),
+            None => session.join(&w.room, w.since, Some(&id)).await.map(|_| ()),
+        };
+        if let Err(refusal) = result {
+            session.send(protocol::ack_error(&id, refusal.code, &refusal.message));
+        }
+    }
+}
+
+/// When a token expires, as a tokio instant.
+pub(super) fn expiry(expires_at: i64) -> tokio::time::Instant {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = expires_at.saturating_sub(now_unix).max(0) as u64;
+    tokio::time::Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
+}
+
+/// Browser access to the HTTP transports: refuses origins outside the allow-list (as `/ws`
+/// does), answers CORS preflights, and lets allowed origins read responses.
+pub(super) async fn cors(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let origin = request.headers().get(ORIGIN).cloned();
+    if let Some(origin) = &origin {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| gateway.settings.origin_allowed(Some(o)));
+        if !allowed {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "this origin may not connect",
+            );
+        }
+    }
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
+    };
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.append(VARY, HeaderValue::from_static("origin"));
+        if preflight {
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, last-event-id"),
+            );
+            headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+    }
+    response
+}
+
+/// `OPTIONS` on the HTTP transports (the [`cors`] layer adds the headers).
+pub(super) async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// HTTP publishes per user: `publish_rate` a second, bursts up to twice that. (Over WebSocket
+/// the limit is per connection; a request is not a connection, so here it is per user.)
+pub(super) struct UserRates {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl UserRates {
+    const MAX_TRACKED: usize = 10_000;
+
+    pub(super) fn new(per_second: u32) -> UserRates {
+        let rate = f64::from(per_second.max(1));
+        UserRates {
+            rate,
+            burst: rate * 2.0,
+            buckets: Mutex::default(),
+        }
+    }
+
+    fn take(&self, user: &str, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= Self::MAX_TRACKED && !buckets.contains_key(user) {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(user.to_owned()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event: &'a RawValue,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// Reads at most `limit` bytes of body; past that, reads on (discarding, bounded) so the
+/// client sees the answer rather than a reset, and answers `frame_too_large`.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Refusal> {
+    const DISCARD_AT_MOST: usize = 1 << 20;
+    let too_large = || {
+        Refusal::new(
+            "frame_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Refusal::new("bad_frame", e.to_string()))?;
+            total += chunk.len();
+            if total <= limit {
+                out.extend_from_slice(&chunk);
+            } else if total > limit + DISCARD_AT_MOST {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Err(_) => Err(Refusal::new("bad_frame", "the body did not arrive in time")),
+        Ok(Err(refusal)) => Err(refusal),
+        Ok(Ok(())) if total > limit => Err(too_large()),
+        Ok(Ok(())) => Ok(out),
+    }
+}
+
+/// Turns a publish body into the `room:message` frame a WebSocket client would send, so both
+/// transports validate alike.
+fn publish_frame(room: &str, body: &[u8]) -> Result<protocol::ClientFrame, Refusal> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Refusal::new("bad_frame", "the body is not UTF-8 JSON"))?;
+    if let Err(e) = serde_json::from_str::<&RawValue>(text) {
+        return Err(Refusal::new(
+            "bad_frame",
+            format!("the body is not JSON: {e}"),
+        ));
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err(Refusal::new(
+            "bad_frame",
+            "the body must be a JSON object {\"id\", \"event\", \"payload\"}",
+        ));
+    }
+    let body: PublishBody<'_> =
+        serde_json::from_str(text).map_err(|e| invalid(format!("the body: {e}")))?;
+    let id = body
+        .id
+        .ok_or_else(|| {
+            invalid(
+                "`id` is required: a client message id (a retry with the same id is applied \
+                 once)"
+                    .into(),
+            )
+        })?
+        .get();
+    let room = serde_json::to_string(room).unwrap_or_else(|_| "\"\"".into());
+    let payload = body.payload.map_or("{}", RawValue::get);
+    let mut frame = format!(
+        r#"{{"type":"room:message","id":{id},"data":{{"room":{room},"event":{},"payload":{payload}}}"#,
+        body.event.get()
+    );
+    if let Some(metadata) = body.metadata {
+        frame.push_str(r#","metadata":"#);
+        frame.push_str(metadata.get());
+    }
+    frame.push('}');
+    protocol::parse_client_frame(&frame).map_err(|e| {
+        let message = e.to_string().replace("`data.", "`");
+        Refusal::new(e.code(), message)
+    })
+}
+
+/// `POST /api/rooms/{room}/messages`: publishes like a WebSocket `room:message` and answers
+/// with the same `ack` once committed.
+pub(super) async fn publish(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(rates): Extension<Arc<UserRates>>,
+    Path(room): Path<String>,
+    Query(query): Query<FallbackQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match publish_inner(
+        &gateway,
+        &rates,
+        &room,
+        query.token.as_deref(),
+        &headers,
+        body,
+    )
+    .await
+    {
+        Ok(ack) => (StatusCode::OK, [("content-type", "application/json")], ack).into_response(),
+        Err(refusal) => refusal_response(&refusal),
+    }
+}
+
+async fn publish_inner(
+    gateway: &Arc<Gateway>,
+    rates: &UserRates,
+    room: &str,
+    query_token: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, Refusal> {
+    let claims = authenticate(gateway, query_token, headers)?;
+    if !protocol::valid_room(room) {
+        return Err(invalid(format!(
+            "{:?} is not a room name (1 to 200 characters of A-Z a-z 0-9 _ . : -)",
+            shown(room)
+        )));
+    }
+    let limit = gateway.settings.max_frame_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > (limit as u64).saturating_add(1 << 20)) {
+        return Err(Refusal::new(
+            "frame_too_large",
+            format!("the body is larger than {limit} bytes"),
+        ));
+    }
+    let body = read_body(body, limit).await?;
+    let frame = publish_frame(room, &body)?;
+    let (
+        Some(id),
+        Command::Publish {
+            room,
+            event,
+            payload,
+        },
+    ) = (frame.id, frame.command)
+    else {
+        return Err(invalid("`id` is required".into()));
+    };
+    if !rates.take(&claims.user, Instant::now()) {
+        return Err(Refusal::new(
+            "rate_limited",
+            format!(
+                "at most {} publishes per second per user",
+                gateway.settings.publish_rate
+            ),
+        ));
+    }
+    let mut session = Session::new(gateway.clone(), claims, Arc::new(Outbox::new(0)), 0);
+    match session.publish(&room, &event, &payload, Some(&id)).await? {
+        Some(result) => Ok(protocol::ack_ok(&id, result)),
+        None => Err(Refusal::new("unavailable", "the publish gave no result")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_and_refuse_with_clear_messages() {
+        let wanted = parse_cursor("trip:42@17,trip:43", "rooms").unwrap();
+        assert_eq!(
+            wanted,
+            [
+                Wanted {
+                    room: "trip:42".into(),
+                    since: Some(17)
+                },
+                Wanted {
+                    room: "trip:43".into(),
+                    since: None
+                }
+            ]
+        );
+        for bad in [
+            "", " ", "bad room", "r@x", "r@-1", "r@+1", "r@", "a,,b", "a,", "a,a@1", "@1",
+        ] {
+            let refusal = parse_cursor(bad, "rooms").unwrap_err();
+            assert_eq!(refusal.code, "invalid_field", "{bad:?}");
+            assert!(
+                refusal.message.contains("`rooms`"),
+                "{bad:?}: {}",
+                refusal.message
+            );
+        }
+        assert_eq!(
+            parse_rooms(Some("a,b,c"), 2).unwrap_err().code,
+            "too_many_rooms"
+        );
+        assert_eq!(parse_rooms(None, 2).unwrap_err().code, "invalid_field");
+    }
+
+    #[test]
+    fn the_cursor_follows_acks_messages_and_resume_failures() {
+        let wanted = parse_cursor("a@5,b,c", "rooms").unwrap();
+        let mut cursor = Cursor::new(&wanted);
+        assert_eq!(cursor.render(false), "a@5");
+        assert_eq!(cursor.render(true), "a@5,b,c");
+        let frames = [
+            protocol::ack_ok("join:b", serde_json::json!({"room": "b", "seq": 9})),
+            protocol::ack_error("join:c", "forbidden", "no"),
+            protocol::ack_ok("join:a", serde_json::json!({"room": "a", "seq": 7})),
+            protocol::room_message("a", 6, "e", "{}", None, "t"),
+            protocol::room_message("b", 10, "e", "{}", None, "t"),
+        ];
+        let changed: Vec<bool> = frames
+            .iter()
+            .map(|f| cursor.apply(&classify(f).1))
+            .collect();
+        assert_eq!(changed, [true, true, false, true, true]);
+        assert_eq!(cursor.render(true), "a@6,b@10");
+        cursor.apply(&classify(&protocol::resume_failed("a", 6, 3)).1);
+        assert_eq!(cursor.render(false), "a@3,b@10");
+        let (kind, seen) = classify(&protocol::system_reconnect("draining", 250));
+        assert_eq!(kind, "system:reconnect");
+        assert_eq!(
+            seen,
+            Seen::Reconnect {
+                retry_after_ms: 250
+            }
+        );
+    }
+
+    #[test]
+    fn publish_bodies_validate_like_websocket_frames() {
+        let frame =
+            publish_frame("r", br#"{"id":"m1","event":"chat","payload":{"n":[1,2]}}"#).unwrap();
+        assert_eq!(frame.id.as_deref(), Some("m1"));
+        assert_eq!(
+            frame.command,
+            Command::Publish {
+                room: "r".into(),
+                event: "chat".into(),
+                payload: r#"{"n":[1,2]}"#.into()
+            }
+        );
+        for (body, code) in [
+            (&b"not json"[..], "bad_frame"),
+            (b"[1]", "bad_frame"),
+            (b"{\"id\":\"m\"", "bad_frame"),
+            (b"{\"event\":\"e\"}", "invalid_field"),
+            (b"{\"id\":\"m\"}", "invalid_field"),
+            (b"{\"id\":\"m\",\"event\":\"bad event\"}", "invalid_field"),
+            (b"{\"id\":{},\"event\":\"e\"}", "invalid_field"),
+            (b"\xff", "bad_frame"),
+        ] {
+            let refusal = publish_frame("r", body).unwrap_err();
+            assert_eq!(refusal.code, code, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn user_rates_allow_a_burst_then_the_rate() {
+        let rates = UserRates::new(2);
+        let now = Instant::now();
+        assert_eq!((0..10).filter(|_| rates.take("u", now)).count(), 4);
+        assert!(rates.take("v", now), "per user");
+        assert!(rates.take("u", now + Duration::from_millis(500)));
+    }
+}
