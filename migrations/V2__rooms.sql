@@ -388,8 +388,9 @@ DECLARE
     v_name    text;
     v_from    text;
     v_to      text;
-    v_moved   bigint;
-    v_created int := 0;
+    v_moved    bigint;
+    v_attached boolean;
+    v_created  int := 0;
 BEGIN
     IF days_ahead IS NULL OR days_ahead NOT BETWEEN 0 AND 366 THEN
         RAISE EXCEPTION 'realtime.ensure_message_partitions: days_ahead must be 0-366, not %',
@@ -406,26 +407,51 @@ BEGIN
         v_from := to_char(v_day, 'YYYY-MM-DD') || ' 00:00:00+00';
         v_to   := to_char(v_day + 1, 'YYYY-MM-DD') || ' 00:00:00+00';
 
-        -- Build the partition as a plain table and ATTACH it: that locks realtime.messages only
-        -- in SHARE UPDATE EXCLUSIVE mode, so writers and readers of other days go on. Writers
-        -- into the default partition wait while this day's rows move out of it.
-        LOCK TABLE realtime.messages_default IN SHARE ROW EXCLUSIVE MODE;
-        EXECUTE format('CREATE TABLE realtime.%I (LIKE realtime.messages INCLUDING DEFAULTS '
-                       'INCLUDING CONSTRAINTS INCLUDING STORAGE)', v_name);
-        -- Lets ATTACH skip scanning the new table; dropped after.
-        EXECUTE format('ALTER TABLE realtime.%I ADD CONSTRAINT %I '
-                       'CHECK (created_at >= %L AND created_at < %L)',
-                       v_name, v_name || '_bound', v_from, v_to);
-        -- Rows already in the default partition for this day move (seq unchanged: the new
-        -- table has no triggers yet). Their DELETE from the default partition is streamed;
-        -- subscribers ignore deletes on the log channel.
-        EXECUTE format('WITH moved AS (DELETE FROM realtime.messages_default '
-                       'WHERE created_at >= $1 AND created_at < $2 RETURNING *) '
-                       'INSERT INTO realtime.%I SELECT * FROM moved', v_name)
-            USING v_from::timestamptz, v_to::timestamptz;
-        GET DIAGNOSTICS v_moved = ROW_COUNT;
-        EXECUTE format('ALTER TABLE realtime.messages ATTACH PARTITION realtime.%I '
-                       'FOR VALUES FROM (%L) TO (%L)', v_name, v_from, v_to);
+        v_moved := 0;
+        v_attached := false;
+        IF NOT EXISTS (SELECT 1 FROM realtime.messages_default d
+                       WHERE d.created_at >= v_from::timestamptz
+                         AND d.created_at < v_to::timestamptz) THEN
+            -- The usual case: build the partition as a plain table and ATTACH it, which locks
+            -- realtime.messages only in SHARE UPDATE EXCLUSIVE mode: writers and readers go on.
+            BEGIN
+                EXECUTE format('CREATE TABLE realtime.%I (LIKE realtime.messages '
+                               'INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)',
+                               v_name);
+                -- Lets ATTACH skip scanning the new table; dropped after.
+                EXECUTE format('ALTER TABLE realtime.%I ADD CONSTRAINT %I '
+                               'CHECK (created_at >= %L AND created_at < %L)',
+                               v_name, v_name || '_bound', v_from, v_to);
+                EXECUTE format('ALTER TABLE realtime.messages ATTACH PARTITION realtime.%I '
+                               'FOR VALUES FROM (%L) TO (%L)', v_name, v_from, v_to);
+                v_attached := true;
+            EXCEPTION WHEN check_violation THEN
+                -- A row of this day reached the default partition meanwhile: move it below.
+                v_attached := false;
+            END;
+        END IF;
+        IF NOT v_attached THEN
+            -- Rows of this day wait in the default partition (maintenance lapsed). Move them
+            -- while the default partition is detached, so that the move is no change of
+            -- realtime.messages: nothing is streamed and seqs stay. realtime.messages is
+            -- locked (ACCESS EXCLUSIVE) meanwhile; take that lock first, as writers do.
+            LOCK TABLE realtime.messages IN ACCESS EXCLUSIVE MODE;
+            ALTER TABLE realtime.messages DETACH PARTITION realtime.messages_default;
+            EXECUTE format('CREATE TABLE realtime.%I (LIKE realtime.messages '
+                           'INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)',
+                           v_name);
+            EXECUTE format('ALTER TABLE realtime.%I ADD CONSTRAINT %I '
+                           'CHECK (created_at >= %L AND created_at < %L)',
+                           v_name, v_name || '_bound', v_from, v_to);
+            EXECUTE format('WITH moved AS (DELETE FROM realtime.messages_default '
+                           'WHERE created_at >= $1 AND created_at < $2 RETURNING *) '
+                           'INSERT INTO realtime.%I SELECT * FROM moved', v_name)
+                USING v_from::timestamptz, v_to::timestamptz;
+            GET DIAGNOSTICS v_moved = ROW_COUNT;
+            EXECUTE format('ALTER TABLE realtime.messages ATTACH PARTITION realtime.%I '
+                           'FOR VALUES FROM (%L) TO (%L)', v_name, v_from, v_to);
+            ALTER TABLE realtime.messages ATTACH PARTITION realtime.messages_default DEFAULT;
+        END IF;
         EXECUTE format('ALTER TABLE realtime.%I DROP CONSTRAINT %I', v_name, v_name || '_bound');
         EXECUTE format('COMMENT ON TABLE realtime.%I IS %L', v_name,
                        format('Messages created on %s (UTC day); see realtime.messages.', v_day));
@@ -440,9 +466,12 @@ END
 $$;
 COMMENT ON FUNCTION realtime.ensure_message_partitions(int) IS
     'Creates the missing daily partitions realtime.messages_pYYYYMMDD from yesterday to '
-    'days_ahead days after today (UTC) and returns how many it created. Rows of such a day '
-    'already in realtime.messages_default are moved into the new partition. Safe to call '
-    'concurrently (advisory lock); run it at least daily (server, cron or pg_cron).';
+    'days_ahead days after today (UTC) and returns how many it created. Locks '
+    'realtime.messages only in SHARE UPDATE EXCLUSIVE mode (writers and readers go on), unless '
+    'rows of such a day already sit in realtime.messages_default: those move into the new '
+    'partition, unchanged and without streaming anything, under a short ACCESS EXCLUSIVE lock. '
+    'Safe to call concurrently (advisory lock); run it at least daily (server, cron or '
+    'pg_cron) so that the rare path stays rare.';
 
 CREATE FUNCTION realtime.drop_message_partitions(older_than interval) RETURNS int
 LANGUAGE plpgsql

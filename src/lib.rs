@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod gateway;
 pub mod hub;
+pub mod maintenance;
 pub mod migrate;
 pub mod ops;
 pub mod protocol;

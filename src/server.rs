@@ -47,6 +47,11 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         settings.gateway.clone(),
     ));
     tokio::spawn(crate::gateway::run_resync(gateway.clone()));
+    tokio::spawn(crate::maintenance::run(
+        pool.clone(),
+        settings.gateway.history_retention_days,
+        stop.subscribe(),
+    ));
     let app = gateway.router().merge(ops::router(OpsState {
         pool,
         wal: status,

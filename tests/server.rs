@@ -368,3 +368,41 @@ async fn newcomer_sees_a_published_event_arrive_with_listen() {
     let _ = listener.wait();
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upkeep_creates_partitions_ahead_and_drops_expired_history() {
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = cluster.url("postgres");
+    let mut client = sql_client(&url).await;
+    triptrip_realtime::migrate::run(&mut client).await.unwrap();
+    let pool = triptrip_realtime::db::pool(&url, 2).unwrap();
+    let (_, _, dropped) = triptrip_realtime::maintenance::once(&pool, None)
+        .await
+        .unwrap();
+    assert_eq!(dropped, 0, "no retention configured: nothing dropped");
+    let ahead: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'realtime.messages'::regclass \
+               AND c.relname = 'messages_p' || to_char((now() AT TIME ZONE 'UTC') + interval '3 days', 'YYYYMMDD')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ahead, 1, "a partition three days ahead exists");
+    client
+        .batch_execute(
+            "CREATE TABLE realtime.messages_p20000101 PARTITION OF realtime.messages \
+               FOR VALUES FROM ('2000-01-01 00:00+00') TO ('2000-01-02 00:00+00');",
+        )
+        .await
+        .unwrap();
+    let (_, _, dropped) = triptrip_realtime::maintenance::once(&pool, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(dropped, 1);
+}

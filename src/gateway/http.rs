@@ -199,7 +199,7 @@ impl Cursor {
 
     /// Takes in a frame on its way to the client; returns whether the cursor changed.
     pub(super) fn apply(&mut self, seen: &Seen<'_>) -> bool {
-        let (room, update): (&str, fn(&mut Entry, u64) -> bool, u64) = match seen {
+        let (room, update, seq): (&str, fn(&mut Entry, u64) -> bool, u64) = match seen {
             Seen::Message { room, seq } => (&**room, advance, *seq),
             Seen::Joined { room, seq } => (&**room, joined, *seq),
             Seen::ResumeFailed { room, seq } => (&**room, reset, *seq),
@@ -749,7 +749,8 @@ mod tests {
         assert_eq!(cursor.render(true), "a@6,b@10");
         cursor.apply(&classify(&protocol::resume_failed("a", 6, 3)).1);
         assert_eq!(cursor.render(false), "a@3,b@10");
-        let (kind, seen) = classify(&protocol::system_reconnect("draining", 250));
+        let reconnect = protocol::system_reconnect("draining", 250);
+        let (kind, seen) = classify(&reconnect);
         assert_eq!(kind, "system:reconnect");
         assert_eq!(
             seen,

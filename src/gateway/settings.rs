@@ -89,6 +89,11 @@ pub struct GatewaySettings {
     /// How far back (seconds) a join's `since` can replay from; older answers `resume:failed`.
     #[arg(long, global = true, env = "TRIPTRIP_REPLAY_RETENTION_SECS", default_value_t = 24 * 3600)]
     pub replay_retention_secs: u64,
+
+    /// Days of message history kept in `realtime.messages` for analysts; older daily partitions
+    /// are dropped hourly. Unset keeps everything.
+    #[arg(long, global = true, env = "TRIPTRIP_HISTORY_RETENTION_DAYS")]
+    pub history_retention_days: Option<u32>,
 }
 
 impl GatewaySettings {

@@ -1,0 +1,57 @@
+//! Periodic upkeep of the message log, safe to run on every node at once (the SQL functions
+//! take advisory locks): daily partitions created ahead, expired idempotency keys pruned, and,
+//! when a history retention is configured, old partitions dropped.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs the upkeep now and then hourly until `shutdown` flips.
+pub async fn run(
+    pool: Pool,
+    history_retention_days: Option<u32>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = once(&pool, history_retention_days).await {
+            tracing::warn!(error = %e, "message log upkeep failed; retrying in an hour");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One round of upkeep; returns (partitions created, keys pruned, partitions dropped).
+pub async fn once(
+    pool: &Pool,
+    history_retention_days: Option<u32>,
+) -> anyhow::Result<(i32, i64, i32)> {
+    let client = pool.get().await?;
+    let created: i32 = client
+        .query_one("SELECT realtime.ensure_message_partitions()", &[])
+        .await?
+        .get(0);
+    let pruned: i64 = client
+        .query_one("SELECT realtime.prune_idempotency_keys()", &[])
+        .await?
+        .get(0);
+    let dropped: i32 = match history_retention_days {
+        Some(days) => client
+            .query_one(
+                "SELECT realtime.drop_message_partitions(make_interval(days => $1))",
+                &[&(days as i32)],
+            )
+            .await?
+            .get(0),
+        None => 0,
+    };
+    if created + dropped > 0 || pruned > 0 {
+        tracing::info!(created, pruned, dropped, "message log upkeep");
+    }
+    Ok((created, pruned, dropped))
+}
