@@ -55,8 +55,12 @@ pub(super) async fn upgrade(
         None => None,
     };
     let limit = gateway.settings.max_frame_bytes;
+    // Small buffers keep an idle connection cheap (tungstenite allocates its read buffer up
+    // front, 128 KiB by default); frames larger than the buffer still arrive whole.
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| run(gateway, socket, claims))
 }
 
