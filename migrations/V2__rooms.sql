@@ -383,11 +383,11 @@ CREATE FUNCTION realtime.ensure_message_partitions(days_ahead int DEFAULT 3) RET
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_today   date := (now() AT TIME ZONE 'UTC')::date;
-    v_day     date;
-    v_name    text;
-    v_from    text;
-    v_to      text;
+    v_today    date := (now() AT TIME ZONE 'UTC')::date;
+    v_day      date;
+    v_name     text;
+    v_from     text;
+    v_to       text;
     v_moved    bigint;
     v_attached boolean;
     v_created  int := 0;
@@ -413,7 +413,9 @@ BEGIN
                        WHERE d.created_at >= v_from::timestamptz
                          AND d.created_at < v_to::timestamptz) THEN
             -- The usual case: build the partition as a plain table and ATTACH it, which locks
-            -- realtime.messages only in SHARE UPDATE EXCLUSIVE mode: writers and readers go on.
+            -- realtime.messages only in SHARE UPDATE EXCLUSIVE mode, so writers go on. The
+            -- default partition is locked for the moment ATTACH takes to check that it holds
+            -- no row of the new day (queries reading it wait that long).
             BEGIN
                 EXECUTE format('CREATE TABLE realtime.%I (LIKE realtime.messages '
                                'INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)',
@@ -467,11 +469,12 @@ $$;
 COMMENT ON FUNCTION realtime.ensure_message_partitions(int) IS
     'Creates the missing daily partitions realtime.messages_pYYYYMMDD from yesterday to '
     'days_ahead days after today (UTC) and returns how many it created. Locks '
-    'realtime.messages only in SHARE UPDATE EXCLUSIVE mode (writers and readers go on), unless '
-    'rows of such a day already sit in realtime.messages_default: those move into the new '
-    'partition, unchanged and without streaming anything, under a short ACCESS EXCLUSIVE lock. '
-    'Safe to call concurrently (advisory lock); run it at least daily (server, cron or '
-    'pg_cron) so that the rare path stays rare.';
+    'realtime.messages only in SHARE UPDATE EXCLUSIVE mode (writers go on) and the default '
+    'partition for a moment, unless rows of such a day already sit in '
+    'realtime.messages_default: those move into the new partition, unchanged and without '
+    'streaming anything, under a short ACCESS EXCLUSIVE lock on realtime.messages. Safe to call '
+    'concurrently (advisory lock). Run it at least daily (server, cron or pg_cron), with a '
+    'lock_timeout so that a long transaction holding the table cannot queue writers behind it.';
 
 CREATE FUNCTION realtime.drop_message_partitions(older_than interval) RETURNS int
 LANGUAGE plpgsql

@@ -50,7 +50,12 @@ FROM realtime.messages_default;
 --      SELECT cron.schedule('triptrip-partitions', '5 0 * * *',
 --          $$SELECT realtime.ensure_message_partitions(7)$$);
 --    (The migration ran it once; realtime.messages_default catches rows of missing days.)
+--    Attaching a day locks the default partition for a moment: bound the wait with
+--    lock_timeout, so that a long transaction reading realtime.messages cannot queue every
+--    writer of a day without a partition behind this call; retry later if it expires.
+SET lock_timeout = '5s';
 SELECT realtime.ensure_message_partitions() AS partitions_created;
+RESET lock_timeout;
 
 -- 7. Retention. Clients resume from the tables for the server's replay window (seed: 24 h);
 --    analysts keep history for as long as the partitions stay. Dropping a day is instant and

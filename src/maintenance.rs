@@ -31,7 +31,12 @@ pub async fn once(
     pool: &Pool,
     history_retention_days: Option<u32>,
 ) -> anyhow::Result<(i32, i64, i32)> {
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
+    let client = client.transaction().await?;
+    // Upkeep takes short locks on realtime.messages; never queue writers behind a long reader.
+    client
+        .batch_execute("SET LOCAL lock_timeout = '5s'")
+        .await?;
     let created: i32 = client
         .query_one("SELECT realtime.ensure_message_partitions()", &[])
         .await?
@@ -50,6 +55,7 @@ pub async fn once(
             .get(0),
         None => 0,
     };
+    client.commit().await?;
     if created + dropped > 0 || pruned > 0 {
         tracing::info!(created, pruned, dropped, "message log upkeep");
     }

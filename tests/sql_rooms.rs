@@ -1107,6 +1107,12 @@ async fn the_publication_streams_messages_as_the_root_table_with_the_assigned_se
         "BEGIN; SELECT realtime.publish('trip:42', 'draft'); ROLLBACK;",
         "INSERT INTO realtime.messages (room, event, sender, created_at) \
          VALUES ('trip:42', 'later', 'alice', now() + interval '2 days')",
+        // A day without a partition: the row waits in the default partition, then moves into
+        // its day's new partition without any change being streamed.
+        "INSERT INTO realtime.messages (room, event, created_at) \
+         VALUES ('trip:42', 'far', now() + interval '8 days')",
+        "SELECT realtime.ensure_message_partitions(8)",
+        "SELECT realtime.publish('trip:42', 'after.move')",
         "INSERT INTO realtime.room_members (room, user_id, role) VALUES ('trip:42', 'bob', 'reader')",
         "DELETE FROM realtime.room_members WHERE room = 'trip:42' AND user_id = 'bob'",
     ] {
@@ -1134,7 +1140,7 @@ async fn the_publication_streams_messages_as_the_root_table_with_the_assigned_se
 
     assert_eq!(
         messages.len(),
-        2,
+        4,
         "the rolled-back publish never arrives: {messages:?} {members:?}"
     );
     let mut got = BTreeMap::new();
@@ -1181,6 +1187,8 @@ async fn the_publication_streams_messages_as_the_root_table_with_the_assigned_se
                 "2".to_owned(),
                 ("later".to_owned(), Some("alice".to_owned()))
             ),
+            ("3".to_owned(), ("far".to_owned(), None)),
+            ("4".to_owned(), ("after.move".to_owned(), None)),
         ])
     );
     let Change::Delete {

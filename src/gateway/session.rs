@@ -271,7 +271,7 @@ impl Session {
                 format!("you may not publish to {room}"),
             ));
         }
-        let key = id.map(|id| format!("client:{}:{id}", self.claims.user));
+        let key = id.map(|id| idempotency_key(&self.claims.user, id));
         let seq = self
             .gateway
             .store
@@ -336,6 +336,19 @@ impl Drop for Session {
     }
 }
 
+/// The idempotency key of a client message: its id, scoped to the user. Keys are at most 200
+/// characters in the database, so long ones are replaced by their SHA-256.
+fn idempotency_key(user: &str, id: &str) -> String {
+    let key = format!("client:{user}:{id}");
+    if key.len() <= 200 {
+        return key;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("client-sha256:{hex}")
+}
+
 /// Publish rate limit: `rate` tokens a second, up to `burst`.
 struct TokenBucket {
     rate: f64,
@@ -372,6 +385,17 @@ mod tests {
     use std::time::Duration;
 
     use super::TokenBucket;
+
+    #[test]
+    fn idempotency_keys_fit_the_database_limit() {
+        assert_eq!(super::idempotency_key("alice", "m1"), "client:alice:m1");
+        let long = super::idempotency_key(&"u".repeat(200), &"i".repeat(128));
+        assert!(long.len() <= 200 && long.starts_with("client-sha256:"));
+        assert_ne!(
+            long,
+            super::idempotency_key(&"u".repeat(200), &"j".repeat(128))
+        );
+    }
 
     #[test]
     fn token_bucket_allows_bursts_then_the_rate() {
