@@ -15,6 +15,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use super::{Gateway, Refusal, Session};
 use crate::auth::Claims;
@@ -98,15 +99,26 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Option<Claims>) {
         Err(refusal) => return close_with(&mut sink, &refusal, 1013).await,
     };
     let span = tracing::info_span!("connection", id = admission.conn_id, user = %claims.user);
-    let _enter = span.enter();
-    let mut session = Session::new(gateway.clone(), claims, outbox.clone(), admission.conn_id);
+    let session = Session::new(gateway.clone(), claims, outbox, admission.conn_id);
+    serve(gateway, session, sink, stream).instrument(span).await;
+    drop(admission);
+}
+
+async fn serve(
+    gateway: Arc<Gateway>,
+    mut session: Session,
+    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+) {
     session.send(protocol::connected(
-        admission.conn_id,
+        session.conn_id,
         &session.claims.user,
         gateway.settings.heartbeat_interval_ms,
     ));
-    let writer = tokio::spawn(write_loop(sink, outbox.clone(), gateway.clone()));
+    let outbox = session.outbox.clone();
+    let writer = tokio::spawn(write_loop(sink, outbox.clone(), gateway.clone()).in_current_span());
     let reason = read_loop(&gateway, &mut session, &mut stream).await;
+    tracing::debug!(?reason, "connection ends");
     outbox.close(reason);
     if tokio::time::timeout(Duration::from_secs(5), writer)
         .await
@@ -115,7 +127,6 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Option<Claims>) {
         tracing::debug!("writer did not finish in 5 s; dropping the socket");
     }
     session.close();
-    drop(admission);
 }
 
 async fn first_message_auth(
