@@ -34,12 +34,31 @@ use crate::auth::Claims;
 use crate::hub::Outbox;
 use crate::protocol::{self, Command};
 
-/// Query parameters of `/sse` and `/poll` (and `?token=` on a publish).
-#[derive(Deserialize)]
+/// Query parameters of `/sse` and `/poll` (and `?token=` on a publish); others are ignored.
+#[derive(Default)]
 pub(super) struct FallbackQuery {
     pub(super) token: Option<String>,
     pub(super) rooms: Option<String>,
     pub(super) timeout_ms: Option<String>,
+}
+
+impl FallbackQuery {
+    /// From the decoded query pairs; a parameter given twice is refused.
+    pub(super) fn from_pairs(pairs: Vec<(String, String)>) -> Result<FallbackQuery, Refusal> {
+        let mut query = FallbackQuery::default();
+        for (key, value) in pairs {
+            let slot = match key.as_str() {
+                "token" => &mut query.token,
+                "rooms" => &mut query.rooms,
+                "timeout_ms" => &mut query.timeout_ms,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(invalid(format!("`{key}` is given twice")));
+            }
+        }
+        Ok(query)
+    }
 }
 
 /// The HTTP status that goes with a protocol error code.
@@ -616,10 +635,14 @@ pub(super) async fn publish(
     State(gateway): State<Arc<Gateway>>,
     Extension(rates): Extension<Arc<UserRates>>,
     Path(room): Path<String>,
-    Query(query): Query<FallbackQuery>,
+    Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let query = match FallbackQuery::from_pairs(query) {
+        Ok(query) => query,
+        Err(refusal) => return refusal_response(&refusal),
+    };
     match publish_inner(
         &gateway,
         &rates,

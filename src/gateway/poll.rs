@@ -32,10 +32,14 @@ const JOIN_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) async fn poll(
     State(gateway): State<Arc<Gateway>>,
-    Query(query): Query<FallbackQuery>,
+    Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    match answer(&gateway, &query, &headers).await {
+    let answered = match FallbackQuery::from_pairs(query) {
+        Ok(query) => answer(&gateway, &query, &headers).await,
+        Err(refusal) => Err(refusal),
+    };
+    match answered {
         Ok(body) => (
             StatusCode::OK,
             [

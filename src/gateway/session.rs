@@ -34,6 +34,9 @@ impl Refusal {
     }
 }
 
+const SETTLE_ATTEMPTS: usize = 10;
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
+
 pub struct Session {
     pub conn_id: u64,
     pub claims: Claims,
@@ -204,10 +207,23 @@ impl Session {
         id: Option<&str>,
     ) -> Result<(), Refusal> {
         let store = &self.gateway.store;
-        let current = store
-            .last_seq(&sub.room)
-            .await
-            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        let last_seq = || async {
+            store
+                .last_seq(&sub.room)
+                .await
+                .map_err(|e| Refusal::new(e.code(), e.to_string()))
+        };
+        let mut current = last_seq().await?;
+        // Logical decoding can send a commit a moment before new snapshots see it, so a client
+        // coming straight back with the seq it just received may look ahead of the table.
+        // Wait briefly before calling it ahead (a restored database, a bogus since).
+        for _ in 0..SETTLE_ATTEMPTS {
+            if since.is_none_or(|since| since <= current) {
+                break;
+            }
+            tokio::time::sleep(SETTLE_WAIT).await;
+            current = last_seq().await?;
+        }
         if let Some(id) = id {
             self.send(protocol::ack_ok(
                 id,

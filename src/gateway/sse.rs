@@ -29,10 +29,14 @@ use crate::protocol;
 
 pub(super) async fn stream(
     State(gateway): State<Arc<Gateway>>,
-    Query(query): Query<FallbackQuery>,
+    Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    match open(&gateway, &query, &headers).await {
+    let opened = match FallbackQuery::from_pairs(query) {
+        Ok(query) => open(&gateway, &query, &headers).await,
+        Err(refusal) => Err(refusal),
+    };
+    match opened {
         Ok(response) => response,
         Err(refusal) => refusal_response(&refusal),
     }

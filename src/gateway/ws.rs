@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
+use super::http::expiry;
 use super::{Gateway, Refusal, Session};
 use crate::auth::Claims;
 use crate::hub::{CloseReason, Frame, Outbox};
@@ -171,14 +172,6 @@ async fn close_with(sink: &mut SplitSink<WebSocket, Message>, refusal: &Refusal,
         .await;
 }
 
-fn expiry(claims: &Claims) -> Instant {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let left = claims.expires_at.saturating_sub(now_unix).max(0) as u64;
-    Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
-}
-
 async fn read_loop(
     gateway: &Gateway,
     session: &mut Session,
@@ -188,7 +181,7 @@ async fn read_loop(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut last_seen = Instant::now();
     let mut expires_at = session.claims.expires_at;
-    let expiry_timer = sleep_until(expiry(&session.claims));
+    let expiry_timer = sleep_until(expiry(session.claims.expires_at));
     tokio::pin!(expiry_timer);
     let outbox = session.outbox.clone();
     loop {
@@ -218,7 +211,7 @@ async fn read_loop(
                 }
                 if session.claims.expires_at != expires_at {
                     expires_at = session.claims.expires_at;
-                    expiry_timer.as_mut().reset(expiry(&session.claims));
+                    expiry_timer.as_mut().reset(expiry(session.claims.expires_at));
                 }
             }
             _ = heartbeat.tick() => {
