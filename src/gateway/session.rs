@@ -82,7 +82,7 @@ impl Session {
                 "invalid_field",
                 "this connection is already authenticated; use auth:refresh",
             )),
-            Command::AuthRefresh { token } => self.refresh(&token),
+            Command::AuthRefresh { token } => self.refresh(&token).await,
             Command::Join { room, since } => self.join(&room, since, id.as_deref()).await,
             Command::Leave { room } => self.leave(&room),
             Command::Publish {
@@ -108,7 +108,10 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, token: &str) -> Result<Option<serde_json::Value>, Refusal> {
+    /// Swaps in a new token for the same user. Rooms the new token no longer grants are
+    /// re-checked against `realtime.can_join`; the connection leaves those it may no longer
+    /// read (`room:leave`, reason `access_revoked`).
+    async fn refresh(&mut self, token: &str) -> Result<Option<serde_json::Value>, Refusal> {
         let claims = self
             .gateway
             .verifier
@@ -120,12 +123,23 @@ impl Session {
                 "a refreshed token must be for the same user",
             ));
         }
-        for sub in self.rooms.values() {
-            sub.granted_by_token
-                .store(claims.rooms.allows(&sub.room), Ordering::Relaxed);
-        }
         let expires_at = claims.expires_at;
         self.claims = claims;
+        self.rooms.retain(|_, sub| !sub.is_removed());
+        let mut revoked = Vec::new();
+        for (room, sub) in &self.rooms {
+            let by_token = self.claims.rooms.allows(room);
+            sub.granted_by_token.store(by_token, Ordering::Relaxed);
+            if !by_token && !self.authorized(room, false).await? {
+                revoked.push(room.clone());
+            }
+        }
+        for room in revoked {
+            if let Some(sub) = self.rooms.remove(&room) {
+                self.gateway.hub.unsubscribe(&sub);
+                self.send(protocol::room_left(&room, "access_revoked"));
+            }
+        }
         Ok(Some(json!({ "expires_at": expires_at })))
     }
 

@@ -117,17 +117,23 @@ async fn serve(
         gateway.settings.heartbeat_interval_ms,
     ));
     let outbox = session.outbox.clone();
-    let writer = tokio::spawn(write_loop(sink, outbox.clone(), gateway.clone()).in_current_span());
+    let writer = tokio::spawn(write_loop(sink, outbox.clone()).in_current_span());
     let reason = read_loop(&gateway, &mut session, &mut stream).await;
     tracing::debug!(?reason, "connection ends");
+    if reason == CloseReason::SlowConsumer {
+        gateway.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
     outbox.close(reason);
-    if tokio::time::timeout(Duration::from_secs(5), writer)
+    session.close();
+    // A writer stuck on a client that stopped reading would hold the socket forever.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer)
         .await
         .is_err()
     {
-        tracing::debug!("writer did not finish in 5 s; dropping the socket");
+        tracing::debug!("writer still blocked after 2 s; dropping the socket");
+        abort.abort();
     }
-    session.close();
 }
 
 async fn first_message_auth(
@@ -235,11 +241,7 @@ fn is_too_large(e: &axum::Error) -> bool {
     text.contains("too long") || text.contains("too big") || text.contains("Space limit")
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    outbox: Arc<Outbox>,
-    gateway: Arc<Gateway>,
-) {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
     let mut batch: Vec<Frame> = Vec::with_capacity(64);
     loop {
         match outbox.next_batch(&mut batch).await {
@@ -259,7 +261,6 @@ async fn write_loop(
                 let (code, text) = match reason {
                     CloseReason::Gone => return,
                     CloseReason::SlowConsumer => {
-                        gateway.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         let notice = protocol::error_frame(
                             "slow_consumer",
                             "the connection fell too far behind; reconnect and resume",

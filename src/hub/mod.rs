@@ -141,6 +141,15 @@ impl Subscription {
     }
 }
 
+/// What one [`Hub::deliver`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Subscribers the event was queued to.
+    pub queued: usize,
+    /// Some subscriber's queue is more than half full.
+    pub pressed: bool,
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct HubStats {
@@ -215,17 +224,22 @@ impl Hub {
         }
     }
 
-    /// Fans a committed event out to the room; returns how many subscribers got it now.
-    pub fn deliver(&self, room: &str, seq: u64, frame: &Frame) -> usize {
+    /// Fans a committed event out to the room. Never waits; the result says whether some
+    /// subscriber's queue is more than half full, so that a producer able to pause briefly
+    /// (the replication worker, between changes) can let the writers catch up.
+    pub fn deliver(&self, room: &str, seq: u64, frame: &Frame) -> Delivered {
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         let shard = self.shard(room).read();
+        let mut result = Delivered::default();
         let Some(subs) = shard.get(room) else {
-            return 0;
+            return result;
         };
-        let mut delivered = 0;
         for sub in subs {
             match sub.offer(seq, frame) {
-                Offer::Queued => delivered += 1,
+                Offer::Queued => {
+                    result.queued += 1;
+                    result.pressed |= sub.outbox.is_pressed();
+                }
                 Offer::Skipped => {}
                 Offer::Gap => {
                     let _ = self.resync.send(sub.clone());
@@ -234,8 +248,8 @@ impl Hub {
         }
         self.stats
             .deliveries
-            .fetch_add(delivered as u64, Ordering::Relaxed);
-        delivered
+            .fetch_add(result.queued as u64, Ordering::Relaxed);
+        result
     }
 
     /// Queues every live subscription for a resync from the tables: the stream may have missed
@@ -343,8 +357,8 @@ mod tests {
         let (hub, outbox, sub) = hub_with("r");
         let mut queue = hub.take_resync_queue().unwrap();
         sub.go_live(3);
-        assert_eq!(hub.deliver("r", 4, &Frame::from("4")), 1);
-        assert_eq!(hub.deliver("r", 7, &Frame::from("7")), 0);
+        assert_eq!(hub.deliver("r", 4, &Frame::from("4")).queued, 1);
+        assert_eq!(hub.deliver("r", 7, &Frame::from("7")).queued, 0);
         let queued = queue.try_recv().unwrap();
         assert!(Arc::ptr_eq(&queued, &sub));
         assert_eq!(sub.resync_after(), Some(4));
@@ -369,7 +383,7 @@ mod tests {
         }
         assert_eq!(hub.revoke("r", "alice", &Frame::from("bye")), 1);
         assert!(by_row.is_removed() && !by_token.is_removed() && !other.is_removed());
-        assert_eq!(hub.deliver("r", 1, &Frame::from("1")), 2);
+        assert_eq!(hub.deliver("r", 1, &Frame::from("1")).queued, 2);
         assert_eq!(drain(&a).await, ["bye"]);
     }
 
@@ -379,7 +393,7 @@ mod tests {
         assert_eq!(hub.rooms(), 1);
         hub.unsubscribe(&sub);
         assert_eq!(hub.rooms(), 0);
-        assert_eq!(hub.deliver("r", 1, &Frame::from("x")), 0);
+        assert_eq!(hub.deliver("r", 1, &Frame::from("x")).queued, 0);
     }
 
     #[tokio::test]

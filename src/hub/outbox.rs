@@ -106,6 +106,11 @@ impl Outbox {
         }
     }
 
+    /// Whether more than half the budget is queued: the writer is falling behind.
+    pub fn is_pressed(&self) -> bool {
+        self.state.lock().bytes > self.limit / 2
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }

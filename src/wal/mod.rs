@@ -86,7 +86,11 @@ pub async fn run(
         match event {
             Ok(Event::Change(change)) => match route(&change) {
                 Some(Routed::Message { room, seq, frame }) => {
-                    hub.deliver(&room, seq, &frame);
+                    if hub.deliver(&room, seq, &frame).pressed {
+                        // A burst (one big transaction) outruns the writers: let them drain
+                        // before queueing more, rather than cutting clients that do read.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Some(Routed::MemberRemoved { room, user }) => {
                     let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
