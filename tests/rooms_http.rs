@@ -9,18 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::server::*;
 use common::*;
-use pgcluster::Cluster;
 use serde_json::{json, Value};
-
-async fn setup(envs: &[(&str, &str)]) -> (Cluster, TestServer, tokio_postgres::Client) {
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
-        .await
-        .unwrap()
-        .unwrap();
-    let server = TestServer::start(&cluster, envs).await;
-    let sql = sql_client(&cluster.url("postgres")).await;
-    (cluster, server, sql)
-}
 
 async fn publish(sql: &tokio_postgres::Client, room: &str, i: i32) {
     sql.execute(

@@ -8,18 +8,7 @@ use std::time::Duration;
 
 use common::server::*;
 use common::*;
-use pgcluster::Cluster;
 use serde_json::json;
-
-async fn setup(envs: &[(&str, &str)]) -> (Cluster, TestServer, tokio_postgres::Client) {
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
-        .await
-        .unwrap()
-        .unwrap();
-    let server = TestServer::start(&cluster, envs).await;
-    let sql = sql_client(&cluster.url("postgres")).await;
-    (cluster, server, sql)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_sql_rows_reach_every_joined_client_and_rolled_back_rows_never_do() {

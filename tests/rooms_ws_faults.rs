@@ -12,19 +12,8 @@ use std::time::{Duration, Instant};
 use common::server::*;
 use common::*;
 use futures_util::SinkExt;
-use pgcluster::Cluster;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-async fn setup(envs: &[(&str, &str)]) -> (Cluster, TestServer, tokio_postgres::Client) {
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
-        .await
-        .unwrap()
-        .unwrap();
-    let server = TestServer::start(&cluster, envs).await;
-    let sql = sql_client(&cluster.url("postgres")).await;
-    (cluster, server, sql)
-}
 
 /// Waits until `done` holds, polling; fails after `limit`.
 async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {

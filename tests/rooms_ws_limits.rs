@@ -7,21 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::server::*;
-use common::*;
-use pgcluster::Cluster;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-async fn setup(envs: &[(&str, &str)]) -> (Cluster, TestServer, tokio_postgres::Client) {
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
-        .await
-        .unwrap()
-        .unwrap();
-    let server = TestServer::start(&cluster, envs).await;
-    let sql = sql_client(&cluster.url("postgres")).await;
-    (cluster, server, sql)
-}
 
 fn error_code(ack: &Value) -> Option<&str> {
     (ack["status"] == "error").then(|| ack["error"]["code"].as_str().unwrap_or("?"))

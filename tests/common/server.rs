@@ -125,6 +125,17 @@ impl Drop for TestServer {
     }
 }
 
+/// A private cluster, a server on it (with `envs`), and a SQL client for writing as a service.
+pub async fn setup(envs: &[(&str, &str)]) -> (Cluster, TestServer, tokio_postgres::Client) {
+    let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+        .await
+        .unwrap()
+        .unwrap();
+    let server = TestServer::start(&cluster, envs).await;
+    let sql = super::sql_client(&cluster.url("postgres")).await;
+    (cluster, server, sql)
+}
+
 /// A raw HTTP/1.1 request; returns status and body.
 pub async fn http(
     port: u16,
