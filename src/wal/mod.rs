@@ -84,20 +84,13 @@ pub async fn run(
             _ = shutdown.changed() => break,
         };
         match event {
-            Ok(Event::Change(change)) => match route(&change) {
-                Some(Routed::Message { room, seq, frame }) => {
-                    if hub.deliver(&room, seq, &frame).pressed {
-                        // A burst (one big transaction) outruns the writers: let them drain
-                        // before queueing more, rather than cutting clients that do read.
-                        tokio::task::yield_now().await;
-                    }
+            Ok(Event::Change(change)) => {
+                // A burst (one big transaction) outruns the writers: let them drain before
+                // queueing more, rather than cutting clients that do read.
+                if route(&change).is_some_and(|routed| apply(&hub, routed)) {
+                    tokio::task::yield_now().await;
                 }
-                Some(Routed::MemberRemoved { room, user }) => {
-                    let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
-                    hub.revoke(&room, &user, &notice);
-                }
-                None => {}
-            },
+            }
             Ok(Event::Commit(commit)) => {
                 stream.confirm(commit.end_lsn);
                 status.record(&stream);
@@ -136,6 +129,18 @@ pub async fn run(
         Err(_) => {
             tracing::warn!("the replication stream did not close within 5 s");
             Ok(())
+        }
+    }
+}
+
+/// Hands a routed change to the hub; true if some subscriber's queue is filling up.
+fn apply(hub: &Hub, routed: Routed) -> bool {
+    match routed {
+        Routed::Message { room, seq, frame } => hub.deliver(&room, seq, &frame).pressed,
+        Routed::MemberRemoved { room, user } => {
+            let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
+            hub.revoke(&room, &user, &notice);
+            false
         }
     }
 }
