@@ -12,7 +12,8 @@ usage: ./bench.sh NAME
 
 Benchmarks:
   replication   our replication stream vs pg_recvlogical on the same WAL
-                (200,000 rows in 2,000 transactions); ends with a RESULT line
+                (200,000 rows in 2,000 transactions); ends with a RESULT line;
+                BENCH_RUNS=N sets the runs per side (default 3)
   e2e           commit-to-client latency: 10,000 WebSocket clients in 100 rooms, 2,000 rows/s
                 committed through SQL; latency, loss, RSS per connection; ends with a RESULT line
   fanout        client-published fan-out to 100 x 100 subscribers over a ladder of rates, ours

@@ -11,10 +11,12 @@
 //! 1. Server RSS is read idle before any client connects, and again once all 10,000 have
 //!    joined and the server has been left idle a few seconds: `rss_kb_per_conn` is the
 //!    difference over 10,000.
-//! 2. 20 writer connections commit 100 rows/s each (2,000 rows/s in total), every row its own
+//! 2. 50 writer connections commit 40 rows/s each (2,000 rows/s in total), every row its own
 //!    transaction, `SELECT realtime.publish(room, 'bench', jsonb_build_object('t', <Unix ns
 //!    just before the statement is sent>, 'pad', <100 bytes>))`. Writer `w` writes rooms
-//!    `w, w+20, …, w+80` in turn, so writers never queue on one room's seq lock.
+//!    `w` and `w+50` in turn, so writers never queue on one room's seq lock. Meanwhile the
+//!    server's `/metrics` is sampled for its replication lag (commit to hub), which splits the
+//!    latency into the WAL path and the fan-out path.
 //! 3. For every `room:message` the load generator records now − t: the latency from just
 //!    before the commit to the client, commit included, on one clock. It checks per connection
 //!    that seqs follow each other with no gap and no duplicate.
@@ -32,16 +34,18 @@ use std::time::{Duration, Instant};
 
 use common::loadgen::{self, room_name, Target, PAD};
 use common::{
-    format_cpu, loadavg, machine, num, open_files_limit, postmaster_pid, rss_kb, unix_nanos,
-    BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc,
+    format_cpu, http_get, loadavg, machine, metric, num, open_files_limit, postmaster_pid, rss_kb,
+    unix_nanos, BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc,
 };
 use pgcluster::Cluster;
 use tokio_postgres::NoTls;
 
 const ROOMS: usize = 100;
 const SUBS: usize = 100;
-const WRITERS: usize = 20;
-const ROWS_PER_WRITER_PER_S: f64 = 100.0;
+/// Enough writers that each one's commit round trip (a WAL flush, ~3 ms on this disk, more
+/// under load) leaves room in its period.
+const WRITERS: usize = 50;
+const ROWS_PER_WRITER_PER_S: f64 = 40.0;
 const WRITE_SECS: f64 = 20.0;
 /// Idle time before reading RSS, so the server has settled.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -73,12 +77,24 @@ fn main() {
     }
 }
 
+/// A number from the environment (for exploring), else `default`.
+fn knob(name: &str, default: f64) -> Result<f64, BoxError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}: {e}"))?),
+        Err(_) => Ok(default),
+    }
+}
+
 async fn run() -> Result<(), BoxError> {
     let conns = ROOMS * SUBS;
-    let rate = WRITERS as f64 * ROWS_PER_WRITER_PER_S;
+    // `E2E_ROWS_PER_S` and `E2E_WRITE_SECS` override the workload, for exploring; the RESULT
+    // line is only comparable with the defaults.
+    let rate = knob("E2E_ROWS_PER_S", WRITERS as f64 * ROWS_PER_WRITER_PER_S)?;
+    let write_secs = knob("E2E_WRITE_SECS", WRITE_SECS)?;
+    let per_writer = rate / WRITERS as f64;
     println!(
         "e2e bench: {ROOMS} rooms x {SUBS} subscribers = {conns} WebSocket connections; \
-         {WRITERS} SQL writers x {ROWS_PER_WRITER_PER_S:.0} rows/s = {rate:.0} rows/s for {WRITE_SECS:.0} s \
+         {WRITERS} SQL writers x {per_writer:.0} rows/s = {rate:.0} rows/s for {write_secs:.0} s \
          ({:.0} deliveries/s offered)",
         rate * SUBS as f64
     );
@@ -156,14 +172,34 @@ async fn run() -> Result<(), BoxError> {
     println!("load average before writing: {}", loadavg());
     let commit_rtt = Arc::new(Histogram::default());
     let failures = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let port = server.port;
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut lags = Vec::new();
+            loop {
+                if let Some((200, text)) = http_get(port, "/metrics").await {
+                    if let Some(lag) = metric(&text, "triptrip_replication_lag_seconds") {
+                        lags.push(lag * 1000.0);
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            lags
+        });
+        (stop_tx, task)
+    };
     let cpu_start = watch.snapshot();
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
-    let end = start + Duration::from_secs_f64(WRITE_SECS);
+    let end = start + Duration::from_secs_f64(write_secs);
     let mut tasks = Vec::new();
     for (w, (client, statement)) in writers.into_iter().enumerate() {
         let (commit_rtt, failures) = (commit_rtt.clone(), failures.clone());
         tasks.push(tokio::spawn(async move {
-            let period = 1.0 / ROWS_PER_WRITER_PER_S;
+            let period = 1.0 / per_writer;
             let offset = w as f64 * period / WRITERS as f64;
             let rooms: Vec<String> = (0..ROOMS / WRITERS)
                 .map(|k| room_name(w + k * WRITERS))
@@ -203,7 +239,10 @@ async fn run() -> Result<(), BoxError> {
         clients.push(client);
     }
     let cpu_end = watch.snapshot();
-    let write_secs = start.elapsed().as_secs_f64();
+    let _ = sampler.0.send(true);
+    let mut lags = sampler.1.await?;
+    lags.sort_by(f64::total_cmp);
+    let wrote_secs = start.elapsed().as_secs_f64();
     let cpu = watch.percent(&cpu_start, &cpu_end);
     let rss_loaded = rss_kb(server.pid());
     println!("load average after writing: {}", loadavg());
@@ -241,9 +280,9 @@ async fn run() -> Result<(), BoxError> {
     let (p50, p99, p999) = (ms("p50_us"), ms("p99_us"), ms("p999_us"));
 
     println!(
-        "writers: {rows} rows committed in {write_secs:.1} s ({:.0} rows/s; {} failed; {in_db} rows in realtime.messages); \
+        "writers: {rows} rows committed in {wrote_secs:.1} s ({:.0} rows/s; {} failed; {in_db} rows in realtime.messages); \
          statement round trip incl. commit p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        rows as f64 / write_secs,
+        rows as f64 / wrote_secs,
         failures.load(Ordering::Relaxed),
         commit_rtt.quantile(0.5) / 1000.0,
         commit_rtt.quantile(0.99) / 1000.0,
@@ -265,6 +304,14 @@ async fn run() -> Result<(), BoxError> {
         ms("p90_us"),
         ms("max_us"),
     );
+    if !lags.is_empty() {
+        println!(
+            "server replication lag (commit to hub, /metrics every 250 ms while writing): median {:.1} ms, max {:.1} ms over {} samples",
+            lags[lags.len() / 2],
+            lags[lags.len() - 1],
+            lags.len()
+        );
+    }
     println!(
         "CPU while writing (% of one core): {}; server RSS under load {rss_loaded} KiB",
         format_cpu(&cpu)

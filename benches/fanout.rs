@@ -38,9 +38,46 @@ const ROOMS: usize = 100;
 const SUBS: usize = 100;
 /// Publish rates in events/s over all rooms (× 100 subscribers = deliveries/s).
 const LADDER: &[f64] = &[
-    20.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0,
+    20.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0, 1500.0, 2000.0, 3000.0,
+    4000.0, 6000.0, 8000.0,
 ];
 const STEP_SECS: f64 = 8.0;
+
+/// `FANOUT_LADDER=200,500` (events/s), `FANOUT_STEP_SECS=8` and `FANOUT_TARGETS=ours,socketio`
+/// override the defaults, for exploring; the RESULT line is only meaningful with the defaults.
+struct Plan {
+    ladder: Vec<f64>,
+    step_secs: f64,
+    ours: bool,
+    socketio: bool,
+}
+
+impl Plan {
+    fn from_env() -> Result<Plan, BoxError> {
+        let ladder = match std::env::var("FANOUT_LADDER") {
+            Ok(list) => list
+                .split(',')
+                .map(|r| r.trim().parse::<f64>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("FANOUT_LADDER: {e}"))?,
+            Err(_) => LADDER.to_vec(),
+        };
+        if ladder.is_empty() || ladder.len() > loadgen::MAX_STEPS {
+            return Err(format!("the ladder needs 1 to {} steps", loadgen::MAX_STEPS).into());
+        }
+        let step_secs = match std::env::var("FANOUT_STEP_SECS") {
+            Ok(secs) => secs.parse().map_err(|e| format!("FANOUT_STEP_SECS: {e}"))?,
+            Err(_) => STEP_SECS,
+        };
+        let targets = std::env::var("FANOUT_TARGETS").unwrap_or_else(|_| "ours,socketio".into());
+        Ok(Plan {
+            ladder,
+            step_secs,
+            ours: targets.split(',').any(|t| t.trim() == "ours"),
+            socketio: targets.split(',').any(|t| t.trim() == "socketio"),
+        })
+    }
+}
 const GOAL_P99_MS: f64 = 50.0;
 const GOAL_RATIO: f64 = 10.0;
 
@@ -67,15 +104,17 @@ fn main() {
 }
 
 async fn run() -> Result<(), BoxError> {
+    let plan = Plan::from_env()?;
     println!(
         "fanout bench: {ROOMS} rooms x {SUBS} subscribers = {} WebSocket connections + {ROOMS} publishers; \
-         ladder {} events/s, {STEP_SECS:.0} s per step; pass = p99 <= {GOAL_P99_MS} ms, nothing lost",
+         ladder {} events/s, {:.0} s per step; pass = p99 <= {GOAL_P99_MS} ms, nothing lost",
         ROOMS * SUBS,
-        LADDER
+        plan.ladder
             .iter()
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join("/"),
+        plan.step_secs,
     );
     println!(
         "machine: {}; load average at start: {}; open files limit: {}",
@@ -84,30 +123,36 @@ async fn run() -> Result<(), BoxError> {
         open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
     );
 
-    // Ours, on a private cluster (joins read the room's seq; broadcasts never touch it).
-    let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
-    let server = ServerProc::start(&cluster.url("postgres")).await?;
-    println!(
-        "\n== ours: triptrip-realtime (pid {}, 127.0.0.1:{})",
-        server.pid(),
-        server.port
-    );
-    let ours = ladder(Target::Ours, server.port, server.pid()).await?;
-    drop(server);
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    let mut ours = 0.0;
+    if plan.ours {
+        // On a private cluster (joins read the room's seq; broadcasts never touch it).
+        let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
+        let server = ServerProc::start(&cluster.url("postgres")).await?;
+        println!(
+            "\n== ours: triptrip-realtime (pid {}, 127.0.0.1:{})",
+            server.pid(),
+            server.port
+        );
+        ours = ladder(&plan, Target::Ours, server.port, server.pid()).await?;
+        drop(server);
+        tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    }
 
-    let node = NodeServer::start().await?;
-    println!(
-        "\n== Socket.IO {} on Node.js {} (pid {}, 127.0.0.1:{}, websocket transport only)",
-        node.socket_io_version, node.node_version, node.pid, node.port
-    );
-    let theirs = ladder(Target::SocketIo, node.port, node.pid).await?;
-    drop(node);
+    let mut theirs = 0.0;
+    if plan.socketio {
+        let node = NodeServer::start().await?;
+        println!(
+            "\n== Socket.IO {} on Node.js {} (pid {}, 127.0.0.1:{}, websocket transport only)",
+            node.socket_io_version, node.node_version, node.pid, node.port
+        );
+        theirs = ladder(&plan, Target::SocketIo, node.port, node.pid).await?;
+        drop(node);
+    }
 
-    let ratio = if theirs > 0.0 {
-        ours / theirs
-    } else {
-        f64::INFINITY
+    let ratio = match (ours > 0.0, theirs > 0.0) {
+        (_, true) => ours / theirs,
+        (true, false) => f64::INFINITY,
+        (false, false) => 0.0,
     };
     println!(
         "\nmax deliveries/s with p99 <= {GOAL_P99_MS} ms and nothing lost: ours {ours:.0}, Socket.IO {theirs:.0}, ratio {ratio:.2} \
@@ -122,7 +167,8 @@ async fn run() -> Result<(), BoxError> {
 }
 
 /// Runs the ladder against one server; returns the highest passing rate in deliveries/s.
-async fn ladder(target: Target, port: u16, server_pid: u32) -> Result<f64, BoxError> {
+async fn ladder(plan: &Plan, target: Target, port: u16, server_pid: u32) -> Result<f64, BoxError> {
+    let step_secs = plan.step_secs;
     let rss_before = rss_kb(server_pid);
     let mut lg = LoadgenProc::spawn(&loadgen::Options {
         target,
@@ -158,10 +204,10 @@ async fn ladder(target: Target, port: u16, server_pid: u32) -> Result<f64, BoxEr
         ],
     };
     let mut best = 0.0;
-    for (index, &rate) in LADDER.iter().enumerate() {
-        lg.send(&format!("STEP {index} {rate} {STEP_SECS}")).await?;
+    for (index, &rate) in plan.ladder.iter().enumerate() {
+        lg.send(&format!("STEP {index} {rate} {step_secs}")).await?;
         let cpu_start = watch.snapshot();
-        lg.expect("STEP_SENT", Duration::from_secs_f64(STEP_SECS + 60.0))
+        lg.expect("STEP_SENT", Duration::from_secs_f64(step_secs + 60.0))
             .await?;
         let cpu_end = watch.snapshot();
         let done = lg.expect("STEP_DONE", Duration::from_secs(60)).await?;
@@ -184,9 +230,11 @@ async fn ladder(target: Target, port: u16, server_pid: u32) -> Result<f64, BoxEr
         if sent_per_s < 0.95 * rate {
             why.push(format!("publishers reached only {sent_per_s:.0} events/s"));
         }
+        let server_us = cpu[0].1 / 100.0 * 1e6 / (sent_per_s * SUBS as f64).max(1.0);
         println!(
             "  {rate:>5.0} events/s ({:>7.0} deliveries/s): sent {:.0}/s, received {:.0}/{:.0}, \
-             latency p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.1} ms; CPU {}; RSS {} KiB; {}",
+             latency p50 {:.2} / p99 {:.2} / p99.9 {:.2} / max {:.1} ms; CPU {} (server {server_us:.1} us per delivery); \
+             RSS {} KiB; {}",
             rate * SUBS as f64,
             sent_per_s,
             num(&done, "received"),

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -41,8 +40,9 @@ const SHARDS: usize = 4;
 /// Handshakes in flight while connecting.
 const CONNECT_CONCURRENCY: usize = 256;
 /// The client read buffer: tungstenite zero-fills its whole read buffer before each read, so
-/// its 128 KiB default would cost a 128 KiB memset per read syscall.
-const READ_BUFFER: usize = 8 * 1024;
+/// its 128 KiB default would cost a 128 KiB memset per read syscall; 4 KiB still holds a
+/// dozen frames.
+const READ_BUFFER: usize = 4 * 1024;
 /// After a step's publishers stop, how long late deliveries are awaited before they count as
 /// lost.
 const TAIL: Duration = Duration::from_secs(5);
@@ -687,8 +687,18 @@ async fn run(options: Options) -> Result<(), BoxError> {
         started.elapsed().as_secs_f64()
     );
 
-    let mut commands = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = commands.next_line().await? {
+    // Commands come from stdin, read on a plain thread (tokio's stdin needs a feature this
+    // workspace does not enable).
+    let (command_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if command_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = commands.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["STATUS"] => println!(

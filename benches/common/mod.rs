@@ -387,6 +387,11 @@ impl Drop for ServerProc {
 
 /// The status of `GET path` on 127.0.0.1:`port`, or None when it cannot be had.
 pub(crate) async fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).await.map(|(status, _)| status)
+}
+
+/// `GET path` on 127.0.0.1:`port`: status and body, or None when it cannot be had.
+pub(crate) async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::AsyncReadExt;
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -398,12 +403,22 @@ pub(crate) async fn http_status(port: u16, path: &str) -> Option<u16> {
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
         let text = String::from_utf8_lossy(&response);
-        text.split(' ').nth(1)?.parse().ok()
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await
         .ok()
         .flatten()
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus text exposition.
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
