@@ -57,6 +57,25 @@ impl Cluster {
         cmd
     }
 
+    /// `psql` reading a script from stdin with `-X -q --no-align --tuples-only` and
+    /// `ON_ERROR_STOP=1`, connected by `conninfo`.
+    pub(crate) fn psql_command(&self, conninfo: String) -> Command {
+        let mut cmd = self.client_command("psql");
+        cmd.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "-",
+            "-d",
+        ])
+        .arg(conninfo);
+        cmd
+    }
+
     pub(crate) fn run_pg(&self, cmd: Command, with_log: bool) -> Result<Output, Error> {
         run(cmd, with_log.then_some(self.log_file.as_path()))
     }

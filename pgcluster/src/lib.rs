@@ -356,20 +356,7 @@ impl Cluster {
             self.port,
             conninfo_quote(db)
         );
-        let mut cmd = self.client_command("psql");
-        cmd.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "-",
-            "-d",
-        ])
-        .arg(conninfo);
-        let out = run_with_stdin(cmd, sql.as_bytes())?;
+        let out = run_with_stdin(self.psql_command(conninfo), sql.as_bytes())?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 

@@ -117,20 +117,8 @@ impl Cluster {
             self.port,
             conninfo_quote(&ca.to_string_lossy())
         );
-        let mut cmd = self.client_command("psql");
-        cmd.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "-",
-            "-d",
-        ])
-        .arg(conninfo)
-        .env("PGPASSWORD", &self.password);
+        let mut cmd = self.psql_command(conninfo);
+        cmd.env("PGPASSWORD", &self.password);
         let out = run_with_stdin(
             cmd,
             b"SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",

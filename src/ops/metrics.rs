@@ -29,6 +29,21 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
         "gauge",
         f64::from(u8::from(wal.streaming.load(Ordering::Relaxed))),
     );
+    let gw = &state.gateway;
+    gauge(
+        &mut out,
+        "triptrip_connections",
+        "Open client connections, all transports.",
+        "gauge",
+        gw.connections() as f64,
+    );
+    gauge(
+        &mut out,
+        "triptrip_rooms",
+        "Rooms with at least one subscriber on this node.",
+        "gauge",
+        gw.hub.rooms() as f64,
+    );
     for (name, help, value) in [
         (
             "triptrip_replication_reconnects_total",
@@ -50,31 +65,6 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
             "Replication payload bytes received.",
             &wal.bytes,
         ),
-    ] {
-        gauge(
-            &mut out,
-            name,
-            help,
-            "counter",
-            value.load(Ordering::Relaxed) as f64,
-        );
-    }
-    let gw = &state.gateway;
-    gauge(
-        &mut out,
-        "triptrip_connections",
-        "Open client connections, all transports.",
-        "gauge",
-        gw.connections() as f64,
-    );
-    gauge(
-        &mut out,
-        "triptrip_rooms",
-        "Rooms with at least one subscriber on this node.",
-        "gauge",
-        gw.hub.rooms() as f64,
-    );
-    for (name, help, value) in [
         (
             "triptrip_connections_total",
             "Client connections accepted.",
