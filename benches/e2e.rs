@@ -86,17 +86,18 @@ fn knob(name: &str, default: f64) -> Result<f64, BoxError> {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let conns = ROOMS * SUBS;
-    // `E2E_ROWS_PER_S` and `E2E_WRITE_SECS` override the workload, for exploring; the RESULT
-    // line is only comparable with the defaults.
+    // `E2E_ROWS_PER_S`, `E2E_WRITE_SECS` and `E2E_SUBS` (subscribers per room) override the
+    // workload, for exploring; the RESULT line is only comparable with the defaults.
+    let subs = knob("E2E_SUBS", SUBS as f64)? as usize;
+    let conns = ROOMS * subs;
     let rate = knob("E2E_ROWS_PER_S", WRITERS as f64 * ROWS_PER_WRITER_PER_S)?;
     let write_secs = knob("E2E_WRITE_SECS", WRITE_SECS)?;
     let per_writer = rate / WRITERS as f64;
     println!(
-        "e2e bench: {ROOMS} rooms x {SUBS} subscribers = {conns} WebSocket connections; \
+        "e2e bench: {ROOMS} rooms x {subs} subscribers = {conns} WebSocket connections; \
          {WRITERS} SQL writers x {per_writer:.0} rows/s = {rate:.0} rows/s for {write_secs:.0} s \
          ({:.0} deliveries/s offered)",
-        rate * SUBS as f64
+        rate * subs as f64
     );
     println!(
         "machine: {}; load average at start: {}; open files limit: {}",
@@ -123,7 +124,7 @@ async fn run() -> Result<(), BoxError> {
         target: Target::Ours,
         port: server.port,
         rooms: ROOMS,
-        subs: SUBS,
+        subs,
         publishers: false,
     })?;
     let ready = lg.expect("READY", Duration::from_secs(300)).await?;
@@ -239,16 +240,16 @@ async fn run() -> Result<(), BoxError> {
         clients.push(client);
     }
     let cpu_end = watch.snapshot();
+    let wrote_secs = start.elapsed().as_secs_f64();
     let _ = sampler.0.send(true);
     let mut lags = sampler.1.await?;
     lags.sort_by(f64::total_cmp);
-    let wrote_secs = start.elapsed().as_secs_f64();
     let cpu = watch.percent(&cpu_start, &cpu_end);
     let rss_loaded = rss_kb(server.pid());
     println!("load average after writing: {}", loadavg());
 
     // The tail: wait until every delivery arrived or TAIL passed.
-    let expected = rows * SUBS as u64;
+    let expected = rows * subs as u64;
     let tail_start = Instant::now();
     loop {
         lg.send("STATUS").await?;
@@ -312,9 +313,14 @@ async fn run() -> Result<(), BoxError> {
             lags.len()
         );
     }
+    let offered = rows as f64 * subs as f64 / wrote_secs;
+    let per_delivery = |pct: f64| pct / 100.0 * 1e6 / offered.max(1.0);
     println!(
-        "CPU while writing (% of one core): {}; server RSS under load {rss_loaded} KiB",
-        format_cpu(&cpu)
+        "CPU while writing (% of one core): {}; per delivery: server {:.1} us, load generator {:.1} us; \
+         server RSS under load {rss_loaded} KiB",
+        format_cpu(&cpu),
+        per_delivery(cpu[0].1),
+        per_delivery(cpu[1].1),
     );
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(

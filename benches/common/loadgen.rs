@@ -211,7 +211,13 @@ struct Shared {
     unparsed: AtomicU64,
     sent: Vec<AtomicU64>,
     step_done: Vec<AtomicUsize>,
+    /// Worst latency (µs) per second of the current step, by delivery time since its start.
+    timeline: Vec<AtomicU64>,
+    timeline_start_ns: AtomicU64,
 }
+
+/// Seconds of per-step timeline kept.
+const TIMELINE_SECS: usize = 120;
 
 thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -252,6 +258,8 @@ impl Shared {
             unparsed: AtomicU64::new(0),
             sent: (0..MAX_STEPS).map(|_| AtomicU64::new(0)).collect(),
             step_done: (0..MAX_STEPS).map(|_| AtomicUsize::new(0)).collect(),
+            timeline: (0..TIMELINE_SECS).map(|_| AtomicU64::new(0)).collect(),
+            timeline_start_ns: AtomicU64::new(0),
         }
     }
 
@@ -263,7 +271,14 @@ impl Shared {
         };
         let now = unix_nanos();
         let shard = &self.shards[shard_index()];
-        shard.steps[step].record(now.saturating_sub(sent_ns) / 1_000);
+        let micros = now.saturating_sub(sent_ns) / 1_000;
+        shard.steps[step].record(micros);
+        let second = now.saturating_sub(self.timeline_start_ns.load(Relaxed)) / 1_000_000_000;
+        if let Some(worst) = self.timeline.get(second as usize) {
+            if micros > worst.load(Relaxed) {
+                worst.fetch_max(micros, Relaxed);
+            }
+        }
         if now < shard.first_ns.load(Relaxed) {
             shard.first_ns.fetch_min(now, Relaxed);
         }
@@ -616,7 +631,9 @@ async fn publisher(
         }
     };
     shared.publishers_gone.fetch_add(1, Relaxed);
-    eprintln!("loadgen: publisher of {} stopped: {why}", room_name(room));
+    if why != "stopped" {
+        eprintln!("loadgen: publisher of {} stopped: {why}", room_name(room));
+    }
 }
 
 async fn publisher_frame(
@@ -778,6 +795,12 @@ async fn step(
     secs: f64,
 ) {
     let start = Instant::now() + Duration::from_millis(50);
+    for worst in &shared.timeline {
+        worst.store(0, Relaxed);
+    }
+    shared
+        .timeline_start_ns
+        .store(unix_nanos() + 50_000_000, Relaxed);
     let closed_before = shared.closed.load(Relaxed);
     let errors_before = shared.errors.load(Relaxed);
     let _ = steps.send(Some(Step {
@@ -803,8 +826,13 @@ async fn step(
     }
     let h = shared.merged(index);
     let received = h.count();
+    let seconds = (send_secs.ceil() as usize + 1).min(TIMELINE_SECS);
+    let timeline: Vec<String> = shared.timeline[..seconds]
+        .iter()
+        .map(|w| format!("{:.0}", w.load(Relaxed) as f64 / 1000.0))
+        .collect();
     println!(
-        "STEP_DONE index={index} rate={rate} sent={sent} sent_per_s={:.0} expected={expected} received={received} lost={} {} {} closed={} errors={} unparsed={}",
+        "STEP_DONE index={index} rate={rate} sent={sent} sent_per_s={:.0} expected={expected} received={received} lost={} {} {} closed={} errors={} unparsed={} worst_ms_per_s={}",
         sent as f64 / secs,
         expected.saturating_sub(received),
         quantiles(&h),
@@ -812,5 +840,6 @@ async fn step(
         shared.closed.load(Relaxed) - closed_before,
         shared.errors.load(Relaxed) - errors_before,
         shared.unparsed.load(Relaxed),
+        timeline.join(","),
     );
 }

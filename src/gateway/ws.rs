@@ -57,11 +57,11 @@ pub(super) async fn upgrade(
         None => None,
     };
     let limit = gateway.settings.max_frame_bytes;
-    // Small buffers keep an idle connection cheap (tungstenite allocates its read buffer up
-    // front, 128 KiB by default); frames larger than the buffer still arrive whole.
+    // Small buffers keep an idle connection cheap (tungstenite allocates and zero-fills its read
+    // buffer up front, 128 KiB by default); larger frames still arrive whole.
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| run(gateway, socket, claims))
 }
@@ -206,7 +206,9 @@ async fn read_loop(
                         return CloseReason::Gone;
                     }
                     Some(Ok(Message::Text(text))) => match protocol::parse_client_frame(&text) {
-                        Ok(frame) => session.handle(frame).await,
+                        // Boxed: the handler's database awaits would otherwise size every
+                        // idle connection's task.
+                        Ok(frame) => Box::pin(session.handle(frame)).await,
                         Err(e) => session.send(protocol::error_frame(e.code(), &e.to_string())),
                     },
                     Some(Ok(Message::Binary(_))) => {
@@ -242,7 +244,7 @@ fn is_too_large(e: &axum::Error) -> bool {
 }
 
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
-    let mut batch: Vec<Frame> = Vec::with_capacity(64);
+    let mut batch: Vec<Frame> = Vec::new();
     loop {
         match outbox.next_batch(&mut batch).await {
             Ok(()) => {
