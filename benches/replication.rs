@@ -2,8 +2,8 @@
 //! `replication` crate (decoded to rows, no output) and through `pg_recvlogical` (written to a
 //! file), in one run on one private cluster.
 //!
-//! Method: every slot (three for us, three for `pg_recvlogical`) is created before the
-//! workload is written, so all of them decode exactly the same WAL. Runs alternate
+//! Method: every slot (by default three for us, three for `pg_recvlogical`) is created
+//! before the workload is written, so all of them decode exactly the same WAL. Runs alternate
 //! (`pg_recvlogical` 1, ours 1, `pg_recvlogical` 2, ...), each on its own fresh slot, so
 //! neither side profits from a warm slot or suffers from a drifting machine. A run is timed
 //! from the start of its connection to having received every transaction up to the WAL
