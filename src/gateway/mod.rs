@@ -7,6 +7,7 @@
 
 mod http;
 mod poll;
+mod publish;
 mod replay;
 mod session;
 mod settings;
@@ -75,13 +76,13 @@ impl Gateway {
     /// `/ws`, and the HTTP transports: `/sse`, `/poll` and `POST /api/rooms/{room}/messages`
     /// (behind the origin allow-list, with CORS for allowed origins).
     pub fn router(self: &Arc<Self>) -> Router {
-        let rates = Arc::new(http::UserRates::new(self.settings.publish_rate));
+        let rates = Arc::new(publish::UserRates::new(self.settings.publish_rate));
         let over_http = Router::new()
             .route("/sse", get(sse::stream).options(http::preflight))
             .route("/poll", get(poll::poll).options(http::preflight))
             .route(
                 "/api/rooms/{room}/messages",
-                post(http::publish).options(http::preflight),
+                post(publish::publish).options(http::preflight),
             )
             .layer(axum::Extension(rates))
             .layer(axum::middleware::from_fn_with_state(
