@@ -83,25 +83,7 @@ const GOAL_P99_MS: f64 = 50.0;
 const GOAL_RATIO: f64 = 10.0;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--loadgen") {
-        loadgen::main(&args);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(async { tokio::spawn(run()).await }) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("fanout bench failed: {e}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            eprintln!("fanout bench panicked: {e}");
-            std::process::exit(1);
-        }
-    }
+    common::bench_main("fanout", run);
 }
 
 async fn run() -> Result<(), BoxError> {

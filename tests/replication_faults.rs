@@ -200,22 +200,7 @@ async fn idle_slot_advances_while_only_unpublished_tables_change() {
 async fn dropped_slot_is_recreated_and_reported() {
     let (cluster, client) = cluster_with_items().await;
     let mut stream = start_stream(&cluster, "dropme", "pub").await;
-    let mut dropped = false;
-    for _ in 0..100 {
-        let result = client
-            .batch_execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                   WHERE slot_name = 'dropme' AND active_pid IS NOT NULL;
-                 SELECT pg_sleep(0.02);
-                 SELECT pg_drop_replication_slot('dropme');",
-            )
-            .await;
-        if result.is_ok() {
-            dropped = true;
-            break;
-        }
-    }
-    assert!(dropped, "could not drop the slot");
+    drop_slot_under_its_consumer(&client, "dropme").await;
     let mut recreated = false;
     let mut ids = Vec::new();
     let inserter = {

@@ -363,22 +363,7 @@ async fn events_committed_while_the_slot_was_lost_are_recovered_from_the_tables(
             .unwrap();
     }
     assert_eq!(client.messages(3).await.last().unwrap().1, 3);
-    let mut dropped = false;
-    for _ in 0..200 {
-        let result = sql
-            .batch_execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                   WHERE slot_name = 'triptrip_realtime' AND active_pid IS NOT NULL;
-                 SELECT pg_sleep(0.01);
-                 SELECT pg_drop_replication_slot('triptrip_realtime');",
-            )
-            .await;
-        if result.is_ok() {
-            dropped = true;
-            break;
-        }
-    }
-    assert!(dropped, "could not drop the server's slot");
+    drop_slot_under_its_consumer(&sql, "triptrip_realtime").await;
     for _ in 0..7 {
         sql.execute("SELECT realtime.publish('r', 'e', '{}')", &[])
             .await

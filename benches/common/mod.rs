@@ -16,6 +16,33 @@ use tokio::process::{ChildStdin, ChildStdout};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A bench binary's `main`: the load generator when re-executed with `--loadgen`, else `run`
+/// on a worker thread of a multi-threaded runtime; exits 1 if it fails or panics.
+pub(crate) fn bench_main<F>(name: &str, run: fn() -> F)
+where
+    F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--loadgen") {
+        loadgen::main(&args);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(async { tokio::spawn(run()).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("{name} bench failed: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("{name} bench panicked: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// The HS256 secret the bench server verifies client tokens with.
 pub(crate) const SECRET: &str = "bench-secret-not-for-production-use";
 

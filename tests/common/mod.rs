@@ -93,6 +93,23 @@ pub async fn confirmed_flush_lsn(client: &Client, slot: &str) -> replication::Ls
     row.get::<_, String>(0).parse().unwrap()
 }
 
+/// Drops `slot` from under its consumer, which reconnects quickly: terminates the walsender
+/// and drops the slot in one round trip, retrying until the drop wins the race.
+pub async fn drop_slot_under_its_consumer(client: &Client, slot: &str) {
+    let sql = format!(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+           WHERE slot_name = '{slot}' AND active_pid IS NOT NULL;
+         SELECT pg_sleep(0.01);
+         SELECT pg_drop_replication_slot('{slot}');"
+    );
+    for _ in 0..200 {
+        if client.batch_execute(&sql).await.is_ok() {
+            return;
+        }
+    }
+    panic!("could not drop slot {slot}");
+}
+
 /// Shows the library's logs in a failing test's output (`RUST_LOG` picks the level).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
