@@ -7,19 +7,11 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::server::{free_port, http};
 use common::*;
 use pgcluster::Cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_triptrip-realtime");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,
@@ -49,7 +41,7 @@ impl Server {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok((200, _)) = http_get(self.port, "/ready").await {
+            if let Ok((200, _)) = http(self.port, "GET", "/ready", None, "").await {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -83,28 +75,6 @@ impl Drop for Server {
     }
 }
 
-async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     command
@@ -136,9 +106,11 @@ async fn embedded_postgres_starts_without_configuration_and_keeps_data_across_re
     let data = data_dir.to_str().unwrap();
     let mut server = Server::start(&[("TRIPTRIP_DATA_DIR", data)]);
     server.wait_ready().await;
-    let (status, body) = http_get(server.port, "/health").await.unwrap();
+    let (status, body) = http(server.port, "GET", "/health", None, "").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let (_, metrics) = http_get(server.port, "/metrics").await.unwrap();
+    let (_, metrics) = http(server.port, "GET", "/metrics", None, "")
+        .await
+        .unwrap();
     assert!(
         metrics.contains("triptrip_replication_streaming 1"),
         "{metrics}"
@@ -215,25 +187,19 @@ async fn database_url_server_streams_and_releases_its_slot_on_sigterm() {
     let mut server = Server::start(&[("DATABASE_URL", &url), ("TRIPTRIP_SLOT", "node_a")]);
     server.wait_ready().await;
     let client = sql_client(&url).await;
-    let active: bool = client
-        .query_one(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = 'node_a'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(active);
+    let slot_active = || async {
+        client
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'node_a'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(slot_active().await);
     server.terminate();
-    let active: bool = client
-        .query_one(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = 'node_a'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!active, "the slot is released on shutdown");
+    assert!(!slot_active().await, "the slot is released on shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
