@@ -72,4 +72,6 @@ pub struct Settings {
 
     #[command(flatten)]
     pub gateway: crate::gateway::GatewaySettings,
+    #[command(flatten)]
+    pub docs: crate::docs::DocSettings,
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::auth::Verifier;
 use crate::config::Settings;
 use crate::db::{self, Database};
+use crate::docs::Docs;
 use crate::gateway::store::Store;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
@@ -33,15 +34,17 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
     let verifier = Verifier::from_settings(settings)?;
     let pool = db::pool(url, 16)?;
     let hub = Arc::new(Hub::default());
+    let docs = Arc::new(Docs::new(pool.clone(), settings.docs.clone()));
     let status = Arc::new(WalStatus::default());
     let (stop, stopped) = watch::channel(false);
     let worker = {
         let (url, slot) = (url.to_owned(), settings.slot.clone());
-        let (hub, status) = (hub.clone(), status.clone());
-        tokio::spawn(async move { wal::run(&url, &slot, hub, status, stopped).await })
+        let (hub, docs, status) = (hub.clone(), docs.clone(), status.clone());
+        tokio::spawn(async move { wal::run(&url, &slot, hub, docs, status, stopped).await })
     };
     let gateway = Arc::new(Gateway::new(
         hub,
+        docs,
         Store::new(pool.clone(), settings.gateway.replay_retention_secs),
         verifier,
         settings.gateway.clone(),

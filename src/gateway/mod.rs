@@ -5,6 +5,7 @@
 //! re-checked when its membership row is deleted. Limits (frame size, rooms, publish rate,
 //! connections per user, queue bytes) answer with documented error codes.
 
+mod docs;
 mod http;
 mod poll;
 mod publish;
@@ -14,6 +15,7 @@ mod settings;
 mod sse;
 pub mod store;
 mod ws;
+mod yjs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +31,7 @@ pub use settings::GatewaySettings;
 use store::Store;
 
 use crate::auth::Verifier;
+use crate::docs::Docs;
 use crate::hub::{CloseReason, Frame, Hub, Outbox};
 use crate::protocol;
 
@@ -43,6 +46,7 @@ pub struct GatewayStats {
 
 pub struct Gateway {
     pub hub: Arc<Hub>,
+    pub docs: Arc<Docs>,
     pub store: Store,
     pub verifier: Verifier,
     pub settings: GatewaySettings,
@@ -56,12 +60,14 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         hub: Arc<Hub>,
+        docs: Arc<Docs>,
         store: Store,
         verifier: Verifier,
         settings: GatewaySettings,
     ) -> Gateway {
         Gateway {
             hub,
+            docs,
             store,
             verifier,
             settings,
@@ -84,6 +90,23 @@ impl Gateway {
                 "/api/rooms/{room}/messages",
                 post(publish::publish).options(http::preflight),
             )
+            .route("/api/docs/{doc}", get(docs::get).options(http::preflight))
+            .route(
+                "/api/docs/{doc}/versions",
+                get(docs::versions).options(http::preflight),
+            )
+            .route(
+                "/api/docs/{doc}/versions/{version}",
+                get(docs::version).options(http::preflight),
+            )
+            .route(
+                "/api/docs/{doc}/versions/{version}/restore",
+                post(docs::restore).options(http::preflight),
+            )
+            .route(
+                "/api/docs/{doc}/diff",
+                get(docs::diff).options(http::preflight),
+            )
             .layer(axum::Extension(rates))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
@@ -91,6 +114,7 @@ impl Gateway {
             ));
         Router::new()
             .route("/ws", get(ws::upgrade))
+            .route("/yjs/{doc}", get(yjs::upgrade))
             .merge(over_http)
             .with_state(self.clone())
     }

@@ -13,6 +13,24 @@ use tokio::sync::Notify;
 /// One encoded server frame, shared (not copied) between all its recipients.
 pub type Frame = Utf8Bytes;
 
+/// What an outbox queues: text frames (JSON envelopes) or binary frames (Yjs messages).
+pub trait Payload: Clone {
+    /// Bytes this frame counts against the connection's budget.
+    fn size(&self) -> usize;
+}
+
+impl Payload for Utf8Bytes {
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Payload for bytes::Bytes {
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Why an outbox was closed; the writer tells the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -26,25 +44,28 @@ pub enum CloseReason {
     Gone,
 }
 
-#[derive(Default)]
-struct State {
-    frames: VecDeque<Frame>,
+struct State<F> {
+    frames: VecDeque<F>,
     bytes: usize,
     closed: Option<CloseReason>,
 }
 
-pub struct Outbox {
-    state: Mutex<State>,
+pub struct Outbox<F = Frame> {
+    state: Mutex<State<F>>,
     ready: Notify,
     drained: Notify,
     closing: Notify,
     limit: usize,
 }
 
-impl Outbox {
-    pub fn new(limit: usize) -> Outbox {
+impl<F: Payload> Outbox<F> {
+    pub fn new(limit: usize) -> Outbox<F> {
         Outbox {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                closed: None,
+            }),
             ready: Notify::new(),
             drained: Notify::new(),
             closing: Notify::new(),
@@ -53,12 +74,12 @@ impl Outbox {
     }
 
     /// Queues a frame; returns false if the outbox is closed or this push overflowed it.
-    pub fn push(&self, frame: Frame) -> bool {
+    pub fn push(&self, frame: F) -> bool {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return false;
         }
-        if state.bytes + frame.len() > self.limit {
+        if state.bytes + frame.size() > self.limit {
             state.closed = Some(CloseReason::SlowConsumer);
             state.frames.clear();
             state.bytes = 0;
@@ -67,7 +88,7 @@ impl Outbox {
             self.closing.notify_waiters();
             return false;
         }
-        state.bytes += frame.len();
+        state.bytes += frame.size();
         state.frames.push_back(frame);
         drop(state);
         self.ready.notify_one();
@@ -121,7 +142,7 @@ impl Outbox {
 
     /// Waits for frames and moves all of them into `batch`; once the queue is empty and the
     /// outbox closed, returns the reason instead.
-    pub async fn next_batch(&self, batch: &mut Vec<Frame>) -> Result<(), CloseReason> {
+    pub async fn next_batch(&self, batch: &mut Vec<F>) -> Result<(), CloseReason> {
         loop {
             {
                 let mut state = self.state.lock();

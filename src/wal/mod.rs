@@ -14,6 +14,7 @@ use anyhow::Context;
 use replication::{ConnectConfig, Event, ReplicationStream, StreamConfig};
 use tokio::sync::watch;
 
+use crate::docs::Docs;
 use crate::hub::{Frame, Hub};
 use crate::protocol;
 
@@ -58,6 +59,7 @@ pub async fn run(
     database_url: &str,
     slot: &str,
     hub: Arc<Hub>,
+    docs: Arc<Docs>,
     status: Arc<WalStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -87,7 +89,7 @@ pub async fn run(
             Ok(Event::Change(change)) => {
                 // A burst (one big transaction) outruns the writers: let them drain before
                 // queueing more, rather than cutting clients that do read.
-                if route(&change).is_some_and(|routed| apply(&hub, routed)) {
+                if route(&change).is_some_and(|routed| apply(&hub, &docs, routed)) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -134,12 +136,21 @@ pub async fn run(
 }
 
 /// Hands a routed change to the hub; true if some subscriber's queue is filling up.
-fn apply(hub: &Hub, routed: Routed) -> bool {
+fn apply(hub: &Hub, docs: &Docs, routed: Routed) -> bool {
     match routed {
         Routed::Message { room, seq, frame } => hub.deliver(&room, seq, &frame).pressed,
         Routed::MemberRemoved { room, user } => {
             let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
             hub.revoke(&room, &user, &notice);
+            false
+        }
+        Routed::DocUpdate {
+            doc,
+            seq,
+            origin,
+            update,
+        } => {
+            docs.remote(&doc, seq, origin.as_deref(), update);
             false
         }
     }

@@ -17,6 +17,13 @@ pub enum Routed {
     },
     /// A membership row was deleted: the user may have to leave the room.
     MemberRemoved { room: String, user: String },
+    /// A stored Yjs update of a document.
+    DocUpdate {
+        doc: String,
+        seq: i64,
+        origin: Option<String>,
+        update: Vec<u8>,
+    },
 }
 
 fn column<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a Value> {
@@ -46,6 +53,14 @@ pub fn route(change: &Change) -> Option<Routed> {
                 frame: Frame::from(frame),
             })
         }
+        Change::Insert { relation, new } if is(relation, "doc_updates") => {
+            Some(Routed::DocUpdate {
+                doc: text(relation, new, "doc")?.to_owned(),
+                seq: text(relation, new, "seq")?.parse().ok()?,
+                origin: text(relation, new, "origin").map(str::to_owned),
+                update: bytea(text(relation, new, "update")?)?,
+            })
+        }
         Change::Delete { relation, key, old } if is(relation, "room_members") => {
             let row = old.as_ref().or(key.as_ref())?;
             Some(Routed::MemberRemoved {
@@ -55,6 +70,20 @@ pub fn route(change: &Change) -> Option<Routed> {
         }
         _ => None,
     }
+}
+
+/// PostgreSQL's text form of a `bytea` (`\\x` and hex digits).
+fn bytea(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.chunks(2)
+        .map(|pair| {
+            let digit = |c: u8| (c as char).to_digit(16);
+            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+        })
+        .collect()
 }
 
 fn is(relation: &Relation, table: &str) -> bool {
