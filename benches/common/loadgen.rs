@@ -31,7 +31,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{token, u64_after, unix_nanos, BoxError, Histogram};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Ladder steps a run can have; the payload's `"s"` indexes per-step histograms.
 pub(crate) const MAX_STEPS: usize = 24;
@@ -401,7 +401,8 @@ fn clip(text: &str) -> &str {
 // Connections
 // ---------------------------------------------------------------------------------------------
 
-async fn open(port: u16, path: &str) -> Result<Ws, BoxError> {
+/// A client WebSocket to 127.0.0.1:`port` at `path`, with a small read buffer.
+pub(crate) async fn open(port: u16, path: &str) -> Result<Ws, BoxError> {
     let url = format!("ws://127.0.0.1:{port}{path}");
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;

@@ -22,9 +22,17 @@ pub(crate) fn bench_main<F>(name: &str, run: fn() -> F)
 where
     F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
 {
+    bench_main_with(name, run, loadgen::main);
+}
+
+/// [`bench_main`] with a load generator of the bench's own (`loadgen` gets the arguments).
+pub(crate) fn bench_main_with<F>(name: &str, run: fn() -> F, loadgen: fn(&[String]) -> !)
+where
+    F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--loadgen") {
-        loadgen::main(&args);
+        loadgen(&args);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -461,8 +469,13 @@ pub(crate) struct LoadgenProc {
 
 impl LoadgenProc {
     pub(crate) fn spawn(options: &loadgen::Options) -> Result<LoadgenProc, BoxError> {
+        LoadgenProc::spawn_args(&options.to_args())
+    }
+
+    /// This binary re-executed with `args`, which start with `--loadgen`.
+    pub(crate) fn spawn_args(args: &[String]) -> Result<LoadgenProc, BoxError> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(options.to_args())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
