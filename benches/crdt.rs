@@ -30,7 +30,8 @@
 //! closed); the ladder stops at a rate that fails twice. CPU time (/proc, % of one core) of the
 //! server, PostgreSQL and the load generator over each sending window, and the server's RSS.
 //! After our ladder, the document is loaded from PostgreSQL (latest version + later updates)
-//! and must contain every edit sent.
+//! and must contain every edit the observer received, since the server relays only committed
+//! updates.
 //!
 //! The last line is machine-readable:
 //! `RESULT crdt ours_updates_per_s=… hocuspocus_updates_per_s=… ours_p99_ms=… hocuspocus_p99_ms=…`.
@@ -392,8 +393,8 @@ async fn ladder(
 }
 
 /// Loads the document from PostgreSQL as the server does (its latest version and the updates
-/// after it, in one snapshot) and checks that it holds every edit the editors sent: `clocks`
-/// is the load generator's `CLOCKS` answer, each editor's clock after its last edit.
+/// after it, in one snapshot) and checks that it holds every edit the observer received:
+/// `clocks` is the load generator's `CLOCKS` answer, the observer's clock of each editor.
 async fn check_stored(
     url: &str,
     clocks: &std::collections::HashMap<String, String>,
@@ -430,11 +431,11 @@ async fn check_stored(
         }
     }
     let sv = doc.transact().state_vector();
-    let sent = clocks
+    let observed = clocks
         .get("clocks")
         .ok_or("no clocks from the load generator")?;
     let mut missing = 0;
-    for (index, clock) in sent.split(',').enumerate() {
+    for (index, clock) in observed.split(',').enumerate() {
         let clock: u32 = clock.parse()?;
         if sv.get(&ClientID::new(CLIENT_BASE + index as u64)) < clock {
             missing += 1;
@@ -444,7 +445,7 @@ async fn check_stored(
         return Err(format!("PostgreSQL lacks edits of {missing} editors").into());
     }
     println!(
-        "  PostgreSQL holds every edit sent: the document loaded from {} and {} updates covers all {EDITORS} editors' clocks",
+        "  PostgreSQL holds every edit the observer received: the document loaded from {} and {} updates covers the observer's clocks of all {EDITORS} editors",
         if version.is_some() { "its latest version" } else { "no version" },
         updates.len()
     );
@@ -535,7 +536,7 @@ impl Hocuspocus {
 // - `READY editors=… connect_secs=…` once all are connected and synced;
 // - `STEP <index> <edits/s> <secs>` → the editors edit for `secs` (`STEP_SENT`), then the tail
 //   is awaited and `STEP_DONE …` reports the step's edits, loss and latency;
-// - `CLOCKS` → `CLOCKS clocks=…`: each editor's clock after its last edit;
+// - `CLOCKS` → `CLOCKS clocks=…`: the observer's clock of each editor;
 // - `QUIT`.
 // ---------------------------------------------------------------------------------------------
 
@@ -633,8 +634,8 @@ struct Shared {
     target: Target,
     /// Per editor, its edits the observer has not seen yet, in clock order.
     pending: Vec<Mutex<VecDeque<Sent>>>,
-    /// Per editor, its clock after its last edit.
-    clocks: Vec<AtomicU32>,
+    /// Per editor, its clock in the observer's document (written by the observer only).
+    observed: Vec<AtomicU32>,
     steps: Vec<StepStats>,
     /// Update-carrying frames the observer received.
     frames: AtomicU64,
@@ -645,20 +646,20 @@ struct Shared {
 
 impl Shared {
     /// Records the edits the observer's state vector `sv` now covers, seen at `at_ns`.
-    fn deliver(&self, sv: &StateVector, seen: &mut [u32], at_ns: u64) {
+    fn deliver(&self, sv: &StateVector, at_ns: u64) {
         for (client, &clock) in sv.iter() {
             let Some(editor) = client
                 .get()
                 .checked_sub(CLIENT_BASE)
                 .map(|i| i as usize)
-                .filter(|&i| i < seen.len())
+                .filter(|&i| i < EDITORS)
             else {
                 continue;
             };
-            if clock <= seen[editor] {
+            if clock <= self.observed[editor].load(Relaxed) {
                 continue;
             }
-            seen[editor] = clock;
+            self.observed[editor].store(clock, Relaxed);
             let mut pending = self.pending[editor].lock().expect("pending");
             while pending.front().is_some_and(|s| s.end <= clock) {
                 let sent = pending.pop_front().expect("front");
@@ -694,7 +695,7 @@ async fn loadgen(target: Target, port: u16) -> Result<(), BoxError> {
     let shared = Arc::new(Shared {
         target,
         pending: (0..EDITORS).map(|_| Mutex::new(VecDeque::new())).collect(),
-        clocks: (0..EDITORS).map(|_| AtomicU32::new(0)).collect(),
+        observed: (0..EDITORS).map(|_| AtomicU32::new(0)).collect(),
         steps: (0..MAX_STEPS).map(|_| StepStats::default()).collect(),
         frames: AtomicU64::new(0),
         closed: AtomicUsize::new(0),
@@ -754,7 +755,7 @@ async fn loadgen(target: Target, port: u16) -> Result<(), BoxError> {
             }
             ["CLOCKS"] => {
                 let clocks: Vec<String> = shared
-                    .clocks
+                    .observed
                     .iter()
                     .map(|c| c.load(Relaxed).to_string())
                     .collect();
@@ -963,7 +964,6 @@ async fn join(
 /// Applies everything the server sends and records, per frame, which edits became visible.
 async fn observer(shared: Arc<Shared>, mut ws: Ws, doc: Doc) {
     let target = shared.target;
-    let mut seen = vec![0u32; EDITORS];
     let mut ticks = keepalive_ticks();
     let why: BoxError = loop {
         tokio::select! {
@@ -976,7 +976,7 @@ async fn observer(shared: Arc<Shared>, mut ws: Ws, doc: Doc) {
                     None => break "the connection ended".into(),
                 };
                 let at_ns = unix_nanos();
-                match observe(&shared, &mut ws, &doc, &data, &mut seen, at_ns).await {
+                match observe(&shared, &mut ws, &doc, &data, at_ns).await {
                     Ok(()) => {}
                     Err(e) => break e,
                 }
@@ -999,7 +999,6 @@ async fn observe(
     ws: &mut Ws,
     doc: &Doc,
     data: &[u8],
-    seen: &mut [u32],
     at_ns: u64,
 ) -> Result<(), BoxError> {
     let mut applied = false;
@@ -1024,7 +1023,7 @@ async fn observe(
     }
     if applied {
         shared.frames.fetch_add(1, Relaxed);
-        shared.deliver(&doc.transact().state_vector(), seen, at_ns);
+        shared.deliver(&doc.transact().state_vector(), at_ns);
     }
     Ok(())
 }
@@ -1141,7 +1140,6 @@ async fn run_editor(
                                 at_ns: unix_nanos(),
                                 step: step.index,
                             });
-                            shared.clocks[editor.index].store(end, Relaxed);
                             stats.sent.fetch_add(1, Relaxed);
                             if let Err(e) = ws.send(message).await {
                                 break 'outer e.into();
