@@ -19,9 +19,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
-use yrs::encoding::read::Cursor;
-use yrs::sync::{Message as YMessage, MessageReader, SyncMessage};
-use yrs::updates::decoder::DecoderV1;
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
 use super::docs::TokenQuery;
@@ -179,14 +178,12 @@ impl Editor<'_> {
         }
     }
 
-    /// One frame may hold several y-protocols messages.
+    /// One y-protocols message per frame, as y-websocket sends them.
     fn handle_frame(&mut self, data: &[u8]) -> Result<(), Refused> {
-        let mut decoder = DecoderV1::new(Cursor::new(data));
-        for message in MessageReader::new(&mut decoder) {
-            let message = message.map_err(|e| Refused::Undecodable(e.to_string()))?;
-            self.handle_message(message)?;
-        }
-        Ok(())
+        let message = std::panic::catch_unwind(|| YMessage::decode_v1(data))
+            .map_err(|_| Refused::Undecodable("malformed message".into()))?
+            .map_err(|e| Refused::Undecodable(e.to_string()))?;
+        self.handle_message(message)
     }
 
     fn handle_message(&mut self, message: YMessage) -> Result<(), Refused> {

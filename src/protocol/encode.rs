@@ -144,6 +144,34 @@ pub fn pong() -> String {
     envelope("pong", &server_id(), Value::Null)
 }
 
+/// `doc:sync`: the changes a `doc:open` lacked (`update`) and the server's state vector, both
+/// base64 Yjs v1 encodings, plus the awareness states of the other editors if any.
+pub fn doc_sync(doc: &str, update: &str, state_vector: &str, awareness: Option<&str>) -> String {
+    envelope(
+        "doc:sync",
+        &server_id(),
+        json!({ "doc": doc, "update": update, "state_vector": state_vector, "awareness": awareness }),
+    )
+}
+
+/// `doc:update`: stored changes of a document (base64 Yjs v1 update).
+pub fn doc_update(doc: &str, update: &str) -> String {
+    envelope(
+        "doc:update",
+        &server_id(),
+        json!({ "doc": doc, "update": update }),
+    )
+}
+
+/// `doc:awareness`: editors' awareness states (base64 y-protocols awareness update).
+pub fn doc_awareness(doc: &str, update: &str) -> String {
+    envelope(
+        "doc:awareness",
+        &server_id(),
+        json!({ "doc": doc, "update": update }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,32 +233,4 @@ mod tests {
         let v: Value = serde_json::from_str(&ack_ok("m2", json!({"seq": 3}))).unwrap();
         assert_eq!(v["data"]["result"]["seq"], 3);
     }
-}
-
-/// `doc:sync`: the changes a `doc:open` lacked (`update`) and the server's state vector, both
-/// base64 Yjs v1 encodings, plus the awareness states of the other editors if any.
-pub fn doc_sync(doc: &str, update: &str, state_vector: &str, awareness: Option<&str>) -> String {
-    envelope(
-        "doc:sync",
-        &server_id(),
-        json!({ "doc": doc, "update": update, "state_vector": state_vector, "awareness": awareness }),
-    )
-}
-
-/// `doc:update`: stored changes of a document (base64 Yjs v1 update).
-pub fn doc_update(doc: &str, update: &str) -> String {
-    envelope(
-        "doc:update",
-        &server_id(),
-        json!({ "doc": doc, "update": update }),
-    )
-}
-
-/// `doc:awareness`: editors' awareness states (base64 y-protocols awareness update).
-pub fn doc_awareness(doc: &str, update: &str) -> String {
-    envelope(
-        "doc:awareness",
-        &server_id(),
-        json!({ "doc": doc, "update": update }),
-    )
 }
