@@ -446,3 +446,115 @@ async fn versions_diff_and_restore_as_a_forward_change() {
     let (status, _) = get_json(&server, "/api/docs/bad%20name", &t).await;
     assert_eq!(status, 400);
 }
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(text: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.as_str().unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn documents_over_the_multiplexed_ws_connection() {
+    let (_cluster, server, sql) = setup(&[]).await;
+    sql.execute(
+        "INSERT INTO realtime.room_members (room, user_id, role) VALUES ('trip:6', 'viv', 'reader')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let t = token("alice", &["trip:*"], 3600);
+    let mut yjs = Editor::connect(&server, "trip:6", &t).await;
+    yjs.edit(append("title", "Nara")).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get_json(&server, "/api/docs/trip:6", &t).await.1["content"]["title"] != "Nara" {
+        assert!(tokio::time::Instant::now() < deadline, "edit not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut ws = server.connect("alice", &["trip:*"]).await;
+    let id = ws.request("doc:open", json!({ "doc": "trip:6" })).await;
+    let sync = ws.expect("doc:sync").await;
+    assert_eq!(ws.ack(&id).await["status"], "success");
+    let replica = Doc::new();
+    replica
+        .transact_mut()
+        .apply_update(Update::decode_v1(&unb64(&sync["data"]["update"])).unwrap())
+        .unwrap();
+    assert_eq!(
+        replica
+            .get_or_insert_text("title")
+            .get_string(&replica.transact()),
+        "Nara"
+    );
+
+    // An update over /ws is acknowledged with its seq once stored, and reaches /yjs editors.
+    let update = {
+        let text = replica.get_or_insert_text("title");
+        let mut txn = replica.transact_mut();
+        text.insert(&mut txn, 4, " park");
+        txn.encode_update_v1()
+    };
+    let id = ws
+        .request(
+            "doc:update",
+            json!({ "doc": "trip:6", "update": b64(&update) }),
+        )
+        .await;
+    let ack = ws.ack(&id).await;
+    assert_eq!(ack["status"], "success", "{ack}");
+    assert!(ack["result"]["seq"].as_i64().unwrap() >= 2, "{ack}");
+    yjs.until(|d| d.get_or_insert_text("title").get_string(&d.transact()) == "Nara park")
+        .await;
+
+    // And /yjs edits arrive as doc:update events.
+    yjs.edit(append("notes", "deer")).await;
+    let event = ws.expect("doc:update").await;
+    assert_eq!(event["data"]["doc"], "trip:6");
+
+    // Bad input: garbage update, unknown document, viewer writes, malformed state vector.
+    let mut viewer = server.connect("viv", &[]).await;
+    let id = viewer.request("doc:open", json!({ "doc": "trip:6" })).await;
+    assert_eq!(viewer.ack(&id).await["result"]["write"], false);
+    let id = viewer
+        .request(
+            "doc:update",
+            json!({ "doc": "trip:6", "update": b64(&update) }),
+        )
+        .await;
+    assert_eq!(viewer.ack(&id).await["error"]["code"], "forbidden");
+    let id = ws
+        .request(
+            "doc:update",
+            json!({ "doc": "trip:6", "update": "/////w==" }),
+        )
+        .await;
+    assert_eq!(ws.ack(&id).await["status"], "error");
+    let id = ws
+        .request(
+            "doc:update",
+            json!({ "doc": "trip:7", "update": b64(&update) }),
+        )
+        .await;
+    assert_eq!(ws.ack(&id).await["error"]["code"], "not_open");
+    let id = ws
+        .request(
+            "doc:open",
+            json!({ "doc": "trip:6", "state_vector": "%%%" }),
+        )
+        .await;
+    assert_eq!(ws.ack(&id).await["error"]["code"], "invalid_field");
+    ws.request("doc:open", json!({ "doc": "no spaces allowed" }))
+        .await;
+    assert_eq!(ws.expect("error").await["data"]["code"], "invalid_field");
+    let mut stranger = server.connect("mallory", &[]).await;
+    let id = stranger
+        .request("doc:open", json!({ "doc": "trip:6" }))
+        .await;
+    assert_eq!(stranger.ack(&id).await["error"]["code"], "forbidden");
+}

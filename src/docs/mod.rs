@@ -68,8 +68,6 @@ pub enum Refused {
     Undecodable(String),
     #[error("the update depends on changes the document does not have")]
     MissingDependency,
-    #[error("the awareness update cannot be decoded: {0}")]
-    BadAwareness(String),
     #[error("too many updates are waiting to be stored; slow down")]
     Overloaded,
     #[error("the document is being reloaded; reconnect")]
@@ -80,7 +78,7 @@ impl Refused {
     pub fn code(&self) -> &'static str {
         match self {
             Refused::TooLarge { .. } => "update_too_large",
-            Refused::Undecodable(_) | Refused::BadAwareness(_) => "invalid_update",
+            Refused::Undecodable(_) => "invalid_update",
             Refused::MissingDependency => "missing_dependency",
             Refused::Overloaded => "overloaded",
             Refused::Unavailable => "unavailable",
@@ -166,7 +164,8 @@ fn sync_update_message(update: &[u8]) -> Bytes {
     Bytes::from(Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1())
 }
 
-fn b64(bytes: &[u8]) -> String {
+/// Encodes bytes for a JSON message.
+pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 

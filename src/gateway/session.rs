@@ -11,10 +11,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
+use yrs::sync::awareness::AwarenessUpdate;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::StateVector;
 
 use super::replay::{replay, Replayed};
 use super::Gateway;
 use crate::auth::Claims;
+use crate::docs::{self, DocHandle, Peer};
 use crate::hub::{Frame, Outbox, Subscription};
 use crate::protocol::{self, ClientFrame, Command};
 
@@ -43,6 +48,8 @@ pub struct Session {
     pub outbox: Arc<Outbox>,
     gateway: Arc<Gateway>,
     rooms: HashMap<String, Arc<Subscription>>,
+    /// Open documents, and whether this session may change each.
+    docs: HashMap<String, (Arc<DocHandle>, bool)>,
     bucket: TokenBucket,
 }
 
@@ -60,6 +67,7 @@ impl Session {
             outbox,
             gateway,
             rooms: HashMap::new(),
+            docs: HashMap::new(),
             bucket: TokenBucket::new(rate, rate * 2.0),
         }
     }
@@ -95,6 +103,17 @@ impl Session {
                 event,
                 payload,
             } => self.broadcast(&room, &event, &payload),
+            Command::DocOpen { doc, state_vector } => {
+                self.doc_open(&doc, state_vector.as_deref()).await
+            }
+            Command::DocUpdate { doc, update } => self.doc_update(&doc, &update, id.clone()),
+            Command::DocAwareness { doc, update } => self.doc_awareness(&doc, &update),
+            Command::DocClose { doc } => {
+                if let Some((handle, _)) = self.docs.remove(&doc) {
+                    handle.leave(self.conn_id);
+                }
+                Ok(Some(json!({ "doc": doc })))
+            }
         };
         match (result, id) {
             (Ok(Some(result)), Some(id)) => self.send(protocol::ack_ok(&id, result)),
@@ -357,6 +376,127 @@ impl Session {
             self.gateway.hub.unsubscribe(sub);
         }
         self.rooms.clear();
+        for (handle, _) in self.docs.values() {
+            handle.leave(self.conn_id);
+        }
+        self.docs.clear();
+    }
+
+    /// `doc:open`: joins the document and sends `doc:sync` with what the client lacks.
+    async fn doc_open(
+        &mut self,
+        doc: &str,
+        state_vector: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        let invalid =
+            |why: &str| Refusal::new("invalid_field", format!("data.state_vector: {why}"));
+        let sv = match state_vector {
+            None => StateVector::default(),
+            Some(text) => {
+                let bytes = docs::from_b64(text).ok_or_else(|| invalid("not base64"))?;
+                StateVector::decode_v1(&bytes).map_err(|_| invalid("not a Yjs state vector"))?
+            }
+        };
+        if !self.docs.contains_key(doc) {
+            if self.rooms.len() + self.docs.len() >= self.gateway.settings.max_rooms_per_connection
+            {
+                return Err(Refusal::new(
+                    "too_many_rooms",
+                    format!(
+                        "at most {} rooms and documents per connection",
+                        self.gateway.settings.max_rooms_per_connection
+                    ),
+                ));
+            }
+            let access = self.gateway.doc_access(&self.claims, doc).await?;
+            let handle = self
+                .gateway
+                .docs
+                .join(doc, self.conn_id, Peer::Json(self.outbox.clone()))
+                .await
+                .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+            self.docs.insert(doc.to_owned(), (handle, access.write));
+        }
+        let (handle, write) = &self.docs[doc];
+        let (update, server_sv) = handle.diff(&sv);
+        let awareness = handle.awareness_all().map(|a| docs::b64(&a.encode_v1()));
+        self.send(protocol::doc_sync(
+            doc,
+            &docs::b64(&update),
+            &docs::b64(&server_sv),
+            awareness.as_deref(),
+        ));
+        Ok(Some(json!({ "doc": doc, "write": write })))
+    }
+
+    fn open_doc(&self, doc: &str) -> Result<&(Arc<DocHandle>, bool), Refusal> {
+        self.docs
+            .get(doc)
+            .ok_or_else(|| Refusal::new("not_open", format!("open {doc} with doc:open first")))
+    }
+
+    /// `doc:update`: acknowledged once stored (the ack carries the update's seq).
+    fn doc_update(
+        &mut self,
+        doc: &str,
+        update: &str,
+        id: Option<String>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        let (handle, write) = self.open_doc(doc)?;
+        if !write {
+            return Err(Refusal::new(
+                "forbidden",
+                format!("you may not change {doc}"),
+            ));
+        }
+        let bytes = docs::from_b64(update)
+            .ok_or_else(|| Refusal::new("invalid_field", "data.update: not base64"))?;
+        let (ack, stored) = tokio::sync::oneshot::channel();
+        let accepted = handle.accept(&self.gateway.docs, &bytes, &self.claims.user, Some(ack));
+        if let Err(refused) = accepted {
+            // The document is unharmed; this connection leaves it (re-open to resynchronise).
+            if let Some((handle, _)) = self.docs.remove(doc) {
+                handle.leave(self.conn_id);
+            }
+            return Err(Refusal::new(refused.code(), refused.to_string()));
+        }
+        let outbox = self.outbox.clone();
+        let doc = doc.to_owned();
+        tokio::spawn(async move {
+            let frame = match stored.await {
+                Ok(Ok(seq)) => {
+                    id.map(|id| protocol::ack_ok(&id, json!({ "doc": doc, "seq": seq })))
+                }
+                Ok(Err(e)) => Some(match id {
+                    Some(id) => protocol::ack_error(&id, "unavailable", &e),
+                    None => protocol::error_frame("unavailable", &e),
+                }),
+                Err(_) => None,
+            };
+            if let Some(frame) = frame {
+                outbox.push(Frame::from(frame));
+            }
+        });
+        Ok(None)
+    }
+
+    /// `doc:awareness`: relayed to the document's other editors, never stored.
+    fn doc_awareness(
+        &mut self,
+        doc: &str,
+        update: &str,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        let (handle, _) = self.open_doc(doc)?;
+        let update = docs::from_b64(update)
+            .and_then(|bytes| AwarenessUpdate::decode_v1(&bytes).ok())
+            .ok_or_else(|| {
+                Refusal::new(
+                    "invalid_update",
+                    "data.update: not a base64 awareness update",
+                )
+            })?;
+        handle.awareness(self.conn_id, update);
+        Ok(None)
     }
 }
 

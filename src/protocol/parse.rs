@@ -48,6 +48,24 @@ pub enum Command {
         event: String,
         payload: String,
     },
+    /// Opens a collaborative document; `state_vector` (base64) is what the client has.
+    DocOpen {
+        doc: String,
+        state_vector: Option<String>,
+    },
+    /// A Yjs update (base64, v1 encoding), acknowledged once stored.
+    DocUpdate {
+        doc: String,
+        update: String,
+    },
+    /// A y-protocols awareness update (base64).
+    DocAwareness {
+        doc: String,
+        update: String,
+    },
+    DocClose {
+        doc: String,
+    },
     Ping,
     Pong,
 }
@@ -79,6 +97,37 @@ struct JoinData {
 #[derive(Deserialize)]
 struct LeaveData {
     room: String,
+}
+
+#[derive(Deserialize)]
+struct DocData {
+    doc: String,
+    #[serde(default)]
+    state_vector: Option<String>,
+    #[serde(default)]
+    update: Option<String>,
+}
+
+impl DocData {
+    fn doc(&self) -> Result<String, ProtocolError> {
+        if valid_room(&self.doc) {
+            Ok(self.doc.clone())
+        } else {
+            Err(ProtocolError::InvalidField {
+                field: "data.doc",
+                why: "1 to 200 characters of A-Z a-z 0-9 _ . : -".into(),
+            })
+        }
+    }
+
+    fn update(self) -> Result<(String, String), ProtocolError> {
+        let doc = self.doc()?;
+        let update = self.update.ok_or(ProtocolError::InvalidField {
+            field: "data.update",
+            why: "a base64 string is required".into(),
+        })?;
+        Ok((doc, update))
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,6 +187,24 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
                 payload,
             }
         }
+        "doc:open" => {
+            let open: DocData = data_as(data)?;
+            Command::DocOpen {
+                doc: open.doc()?,
+                state_vector: open.state_vector,
+            }
+        }
+        "doc:update" => {
+            let (doc, update) = data_as::<DocData>(data)?.update()?;
+            Command::DocUpdate { doc, update }
+        }
+        "doc:awareness" => {
+            let (doc, update) = data_as::<DocData>(data)?.update()?;
+            Command::DocAwareness { doc, update }
+        }
+        "doc:close" => Command::DocClose {
+            doc: data_as::<DocData>(data)?.doc()?,
+        },
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {
