@@ -126,16 +126,22 @@ CREATE TRIGGER doc_updates_assign_seq
 
 CREATE FUNCTION realtime.prune_doc_versions(older_than interval DEFAULT '90 days')
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    WITH pruned AS (
-        DELETE FROM realtime.doc_versions v
-        WHERE v.created_at <= now() - older_than
-          AND v.version < (SELECT max(l.version) FROM realtime.doc_versions l
-                           WHERE l.doc = v.doc)
-        RETURNING 1
-    )
-    SELECT count(*) FROM pruned
+DECLARE
+    v_pruned bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'realtime.prune_doc_versions: older_than must be a non-negative '
+                        'interval, not %', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM realtime.doc_versions v
+    WHERE v.created_at <= now() - older_than
+      AND v.version < (SELECT max(l.version) FROM realtime.doc_versions l WHERE l.doc = v.doc);
+    GET DIAGNOSTICS v_pruned = ROW_COUNT;
+    RETURN v_pruned;
+END
 $$;
 COMMENT ON FUNCTION realtime.prune_doc_versions(interval) IS
     'Deletes versions older than older_than (default 90 days), never a document''s latest '

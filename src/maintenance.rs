@@ -1,6 +1,7 @@
 //! Periodic upkeep of the message log, safe to run on every node at once (the SQL functions
 //! take advisory locks): daily partitions created ahead, expired idempotency keys pruned, and,
-//! when a history retention is configured, old partitions dropped.
+//! when a history retention is configured, old partitions dropped; document versions older than
+//! 90 days pruned (each document keeps its latest).
 
 use std::time::Duration;
 
@@ -55,9 +56,19 @@ pub async fn once(
             .get(0),
         None => 0,
     };
+    let versions: i64 = client
+        .query_one("SELECT realtime.prune_doc_versions()", &[])
+        .await?
+        .get(0);
     client.commit().await?;
-    if created + dropped > 0 || pruned > 0 {
-        tracing::info!(created, pruned, dropped, "message log upkeep");
+    if created + dropped > 0 || pruned > 0 || versions > 0 {
+        tracing::info!(
+            created,
+            pruned,
+            dropped,
+            versions,
+            "message log and document upkeep"
+        );
     }
     Ok((created, pruned, dropped))
 }

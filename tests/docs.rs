@@ -558,3 +558,60 @@ async fn documents_over_the_multiplexed_ws_connection() {
         .await;
     assert_eq!(stranger.ack(&id).await["error"]["code"], "forbidden");
 }
+
+#[tokio::test]
+async fn bad_sql_input_is_refused_with_a_clear_error_and_changes_nothing() {
+    let (_cluster, _server, sql) = setup(&[]).await;
+    let ok = Doc::new();
+    let update = {
+        let text = ok.get_or_insert_text("notes");
+        let mut txn = ok.transact_mut();
+        text.insert(&mut txn, 0, "x");
+        txn.encode_update_v1()
+    };
+    let cases: [(&str, Vec<u8>, Option<i64>, &str); 4] = [
+        ("no spaces", update.clone(), None, "invalid doc"),
+        ("trip:9", Vec::new(), None, "update must be 1-1048576 bytes"),
+        (
+            "trip:9",
+            vec![0; 1_048_577],
+            None,
+            "update must be 1-1048576 bytes",
+        ),
+        ("trip:9", update.clone(), Some(5), "was not reserved"),
+    ];
+    for (doc, bytes, seq, wanted) in cases {
+        let e = sql
+            .execute(
+                "INSERT INTO realtime.doc_updates (doc, seq, update) VALUES ($1, $2, $3)",
+                &[&doc, &seq, &bytes],
+            )
+            .await
+            .expect_err(wanted);
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap();
+        assert!(message.contains(wanted), "{message}");
+    }
+    let e = sql
+        .execute("SELECT realtime.prune_doc_versions(interval '-1 day')", &[])
+        .await
+        .unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("non-negative"));
+    let rows: i64 = sql
+        .query_one("SELECT count(*) FROM realtime.doc_updates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+    // Writers that omit seq get gap-free seqs.
+    for expected in 1..=3_i64 {
+        let seq: i64 = sql
+            .query_one(
+                "INSERT INTO realtime.doc_updates (doc, update) VALUES ('trip:9', $1) RETURNING seq",
+                &[&update],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seq, expected);
+    }
+}

@@ -39,6 +39,13 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
     );
     gauge(
         &mut out,
+        "triptrip_docs_loaded",
+        "Collaborative documents loaded in memory on this node.",
+        "gauge",
+        gw.docs.loaded() as f64,
+    );
+    gauge(
+        &mut out,
         "triptrip_rooms",
         "Rooms with at least one subscriber on this node.",
         "gauge",
@@ -94,6 +101,36 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
             "triptrip_deliveries_total",
             "Room events queued to subscribers.",
             &gw.hub.stats.deliveries,
+        ),
+        (
+            "triptrip_doc_updates_stored_total",
+            "Document updates from editors committed to realtime.doc_updates.",
+            &gw.docs.stats.updates_stored,
+        ),
+        (
+            "triptrip_doc_commits_total",
+            "Group commits of document updates (each stores one or more updates).",
+            &gw.docs.stats.commits,
+        ),
+        (
+            "triptrip_doc_commit_failures_total",
+            "Group commits that failed (the document was reloaded).",
+            &gw.docs.stats.commit_failures,
+        ),
+        (
+            "triptrip_doc_updates_refused_total",
+            "Editor updates refused: oversized, undecodable or missing dependencies.",
+            &gw.docs.stats.refused,
+        ),
+        (
+            "triptrip_doc_remote_updates_total",
+            "Document updates from other nodes or SQL, received through the WAL.",
+            &gw.docs.stats.remote_updates,
+        ),
+        (
+            "triptrip_doc_versions_total",
+            "Document versions taken by this node.",
+            &gw.docs.stats.versions,
         ),
     ] {
         gauge(
