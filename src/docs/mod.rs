@@ -160,6 +160,57 @@ fn has_missing(doc: &Doc) -> bool {
     store.pending_update().is_some() || store.pending_ds().is_some()
 }
 
+/// What [`DocHandle::accept`] does with an editor's update, and nothing else: the size cap,
+/// decoding (a yrs panic refuses like an error), the missing-dependency pre-check, the apply
+/// (under `catch_unwind`), and the check that it left nothing pending. `Ok` holds the update's
+/// effect, `None` when it changed nothing. A refusal with a reason left `doc` partly applied or
+/// broken (the caller must discard it); one without left `doc` unchanged.
+pub fn check_and_apply(
+    doc: &Doc,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<Option<Vec<u8>>, (Refused, Option<&'static str>)> {
+    if bytes.len() > limit {
+        let size = bytes.len();
+        return Err((Refused::TooLarge { size, limit }, None));
+    }
+    let update = match std::panic::catch_unwind(|| Update::decode_v1(bytes)) {
+        Ok(Ok(update)) => update,
+        Ok(Err(e)) => return Err((Refused::Undecodable(e.to_string()), None)),
+        Err(_) => return Err((Refused::Undecodable("malformed update".into()), None)),
+    };
+    let sv = doc.transact().state_vector();
+    if update
+        .state_vector_lower()
+        .iter()
+        .any(|(client, clock)| *clock > sv.get(client))
+    {
+        return Err((Refused::MissingDependency, None));
+    }
+    let pending_before = has_missing(doc);
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut txn = doc.transact_mut();
+        txn.apply_update(update)
+            .map(|()| txn.has_changes().then(|| txn.encode_update_v1()))
+    }));
+    let changes = match applied {
+        Ok(Ok(changes)) => changes,
+        Ok(Err(e)) => {
+            let why = "an update that failed to apply";
+            return Err((Refused::Undecodable(e.to_string()), Some(why)));
+        }
+        Err(_) => {
+            let why = "an update that made yrs panic";
+            return Err((Refused::Undecodable("malformed update".into()), Some(why)));
+        }
+    };
+    if !pending_before && has_missing(doc) {
+        let why = "an update with missing dependencies";
+        return Err((Refused::MissingDependency, Some(why)));
+    }
+    Ok(changes)
+}
+
 fn sync_update_message(update: &[u8]) -> Bytes {
     Bytes::from(Message::Sync(SyncMessage::Update(update.to_vec())).encode_v1())
 }
@@ -481,57 +532,20 @@ impl DocHandle {
             docs.stats.refused.fetch_add(1, Ordering::Relaxed);
             Err(e)
         };
-        let limit = docs.settings.max_update_bytes;
-        if bytes.len() > limit {
-            return refuse(Refused::TooLarge {
-                size: bytes.len(),
-                limit,
-            });
-        }
-        // yrs may panic on malformed input; a panic refuses the update like an error does.
-        let update = match std::panic::catch_unwind(|| Update::decode_v1(bytes)) {
-            Ok(Ok(update)) => update,
-            Ok(Err(e)) => return refuse(Refused::Undecodable(e.to_string())),
-            Err(_) => return refuse(Refused::Undecodable("malformed update".into())),
-        };
         let mut state = self.state.lock();
         if state.closed || !state.ready {
             return refuse(Refused::Unavailable);
         }
-        let sv = state.doc.transact().state_vector();
-        if update
-            .state_vector_lower()
-            .iter()
-            .any(|(client, clock)| *clock > sv.get(client))
-        {
-            return refuse(Refused::MissingDependency);
-        }
-        let pending_before = has_missing(&state.doc);
-        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut txn = state.doc.transact_mut();
-            txn.apply_update(update)
-                .map(|()| txn.has_changes().then(|| txn.encode_update_v1()))
-        }));
-        let changes = match applied {
-            Ok(Ok(changes)) => changes,
-            Ok(Err(e)) => {
+        let changes = match check_and_apply(&state.doc, bytes, docs.settings.max_update_bytes) {
+            Ok(changes) => changes,
+            Err((e, None)) => return refuse(e),
+            Err((e, Some(why))) => {
+                // The memory no longer matches what is stored: start over from the database.
                 drop(state);
-                docs.unload_broken(self, "an update that failed to apply");
-                return refuse(Refused::Undecodable(e.to_string()));
-            }
-            Err(_) => {
-                drop(state);
-                docs.unload_broken(self, "an update that made yrs panic");
-                return refuse(Refused::Undecodable("malformed update".into()));
+                docs.unload_broken(self, why);
+                return refuse(e);
             }
         };
-        if !pending_before && has_missing(&state.doc) {
-            // Part of the update may have been integrated: the memory no longer matches
-            // what is stored, so start over from the database.
-            drop(state);
-            docs.unload_broken(self, "an update with missing dependencies");
-            return refuse(Refused::MissingDependency);
-        }
         match changes {
             Some(changes) => self.enqueue(&mut state, changes, user, ack),
             None => {
