@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use triptrip_realtime::docs::check_and_apply;
+use triptrip_realtime::docs::{check_and_apply, plausible_message};
 use triptrip_realtime::docs::content::to_json;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
@@ -35,6 +35,9 @@ fn trip() -> Doc {
 
 fuzz_target!(|data: &[u8]| {
     // As `gateway::yjs` `handle_frame` decodes a frame.
+    if !plausible_message(data) {
+        return;
+    }
     let Ok(Ok(message)) = std::panic::catch_unwind(|| Message::decode_v1(data)) else {
         return;
     };

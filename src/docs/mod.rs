@@ -174,6 +174,12 @@ pub fn check_and_apply(
         let size = bytes.len();
         return Err((Refused::TooLarge { size, limit }, None));
     }
+    if !plausible_count(bytes, 2) {
+        return Err((
+            Refused::Undecodable("implausible client count".into()),
+            None,
+        ));
+    }
     let update = match std::panic::catch_unwind(|| Update::decode_v1(bytes)) {
         Ok(Ok(update)) => update,
         Ok(Err(e)) => return Err((Refused::Undecodable(e.to_string()), None)),
@@ -209,6 +215,55 @@ pub fn check_and_apply(
         return Err((Refused::MissingDependency, Some(why)));
     }
     Ok(changes)
+}
+
+/// Reads a lib0 variable-length unsigned integer at `*at`.
+fn varuint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Whether the count that starts `encoded` fits in what follows, at `min_entry` bytes per entry
+/// at least. yrs reserves memory for such counts before reading the entries, so an 8-byte
+/// message could otherwise make it allocate gigabytes. Applies to state vectors (2 bytes per
+/// entry), awareness updates (3) and updates (2 per client).
+pub fn plausible_count(encoded: &[u8], min_entry: usize) -> bool {
+    let mut at = 0;
+    varuint(encoded, &mut at)
+        .is_some_and(|count| count.saturating_mul(min_entry as u64) <= (encoded.len() - at) as u64)
+}
+
+/// [`plausible_count`] for the payload of a y-protocols message (`frame`), before yrs decodes it.
+pub fn plausible_message(frame: &[u8]) -> bool {
+    let mut at = 0;
+    let (tag, sub) = match varuint(frame, &mut at) {
+        Some(0) => (0, varuint(frame, &mut at)),
+        Some(1) => (1, None),
+        _ => return true,
+    };
+    let Some(len) = varuint(frame, &mut at) else {
+        return true;
+    };
+    let Some(payload) = usize::try_from(len)
+        .ok()
+        .and_then(|len| frame.get(at..at.checked_add(len)?))
+    else {
+        return true;
+    };
+    match (tag, sub) {
+        (1, _) => plausible_count(payload, 3),
+        (0, Some(0)) => plausible_count(payload, 2),
+        (0, Some(1 | 2)) => payload.is_empty() || plausible_count(payload, 2),
+        _ => true,
+    }
 }
 
 fn sync_update_message(update: &[u8]) -> Bytes {
@@ -905,4 +960,57 @@ pub fn state_json(state: &[u8]) -> Result<serde_json::Value, String> {
         .apply_update(update)
         .map_err(|e| format!("the state does not apply: {e}"))?;
     Ok(content::to_json(&doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::Text;
+
+    #[test]
+    fn counts_that_cannot_fit_their_message_are_implausible() {
+        // Found by the doc_message fuzz target: an awareness message claiming ~2^30 entries
+        // made yrs reserve 2.2 GB.
+        assert!(!plausible_message(&[1, 5, 255, 236, 236, 17, 59, 59]));
+        // A state vector of 2^28 entries in 5 bytes; an update of 10^6 clients in 4 bytes.
+        assert!(!plausible_message(&[0, 0, 5, 128, 128, 128, 128, 1]));
+        assert!(!plausible_message(&[0, 2, 4, 192, 132, 61, 0]));
+        assert!(!plausible_count(&[192, 132, 61, 0], 2));
+        assert!(!plausible_count(&[], 2));
+        assert!(!plausible_count(
+            &[255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255],
+            1
+        ));
+
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("notes");
+        let update = {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "hello");
+            txn.encode_update_v1()
+        };
+        let sv = doc.transact().state_vector();
+        for message in [
+            Message::Sync(SyncMessage::SyncStep1(sv)),
+            Message::Sync(SyncMessage::SyncStep1(StateVector::default())),
+            Message::Sync(SyncMessage::Update(update.clone())),
+            Message::Sync(SyncMessage::SyncStep2(update.clone())),
+            Message::AwarenessQuery,
+        ] {
+            assert!(plausible_message(&message.encode_v1()), "{message:?}");
+        }
+        assert!(plausible_count(&update, 2));
+        let awareness = AwarenessUpdate {
+            clients: HashMap::from([(
+                ClientID::new(7),
+                AwarenessUpdateEntry {
+                    clock: 1,
+                    json: Arc::from(r#"{"cursor":1}"#),
+                },
+            )]),
+        };
+        assert!(plausible_message(
+            &Message::Awareness(awareness).encode_v1()
+        ));
+    }
 }

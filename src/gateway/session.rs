@@ -394,6 +394,9 @@ impl Session {
             None => StateVector::default(),
             Some(text) => {
                 let bytes = docs::from_b64(text).ok_or_else(|| invalid("not base64"))?;
+                if !docs::plausible_count(&bytes, 2) {
+                    return Err(invalid("not a Yjs state vector"));
+                }
                 StateVector::decode_v1(&bytes).map_err(|_| invalid("not a Yjs state vector"))?
             }
         };
@@ -488,6 +491,7 @@ impl Session {
     ) -> Result<Option<serde_json::Value>, Refusal> {
         let (handle, _) = self.open_doc(doc)?;
         let update = docs::from_b64(update)
+            .filter(|bytes| docs::plausible_count(bytes, 3))
             .and_then(|bytes| AwarenessUpdate::decode_v1(&bytes).ok())
             .ok_or_else(|| {
                 Refusal::new(

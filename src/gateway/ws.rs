@@ -101,13 +101,15 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Option<Claims>) {
     };
     let span = tracing::info_span!("connection", id = admission.conn_id, user = %claims.user);
     let session = Session::new(gateway.clone(), claims, outbox, admission.conn_id);
-    serve(gateway, session, sink, stream).instrument(span).await;
-    drop(admission);
+    serve(gateway, session, admission, sink, stream)
+        .instrument(span)
+        .await;
 }
 
 async fn serve(
     gateway: Arc<Gateway>,
     mut session: Session,
+    admission: super::Admission,
     sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
 ) {
@@ -125,6 +127,8 @@ async fn serve(
     }
     outbox.close(reason);
     session.close();
+    // The user's slot is free before the client can see the socket close.
+    drop(admission);
     // A writer stuck on a client that stopped reading would hold the socket forever.
     let abort = writer.abort_handle();
     if tokio::time::timeout(Duration::from_secs(2), writer)

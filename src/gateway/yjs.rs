@@ -28,7 +28,7 @@ use super::http::{authenticate, expiry, refusal_response};
 use super::ws::refuse;
 use super::Gateway;
 use crate::auth::Claims;
-use crate::docs::{DocHandle, Peer, Refused};
+use crate::docs::{self, DocHandle, Peer, Refused};
 use crate::hub::{CloseReason, Outbox};
 
 pub(super) async fn upgrade(
@@ -113,6 +113,8 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Claims, doc: Stri
         tracing::debug!(?reason, "connection ends");
         handle.leave(conn);
         outbox.close(reason);
+        // The user's slot is free before the client can see the socket close.
+        drop(admission);
         let abort = writer.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), writer)
             .await
@@ -123,7 +125,6 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Claims, doc: Stri
     }
     .instrument(span)
     .await;
-    drop(admission);
 }
 
 struct Editor<'a> {
@@ -180,6 +181,9 @@ impl Editor<'_> {
 
     /// One y-protocols message per frame, as y-websocket sends them.
     fn handle_frame(&mut self, data: &[u8]) -> Result<(), Refused> {
+        if !docs::plausible_message(data) {
+            return Err(Refused::Undecodable("implausible count".into()));
+        }
         let message = std::panic::catch_unwind(|| YMessage::decode_v1(data))
             .map_err(|_| Refused::Undecodable("malformed message".into()))?
             .map_err(|e| Refused::Undecodable(e.to_string()))?;
