@@ -615,3 +615,36 @@ async fn bad_sql_input_is_refused_with_a_clear_error_and_changes_nothing() {
         assert_eq!(seq, expected);
     }
 }
+
+#[tokio::test]
+async fn deleting_a_membership_row_removes_the_editor_live() {
+    let (_cluster, server, sql) = setup(&[]).await;
+    sql.batch_execute(
+        "INSERT INTO realtime.room_members (room, user_id, role) VALUES \
+         ('trip:8', 'mia', 'writer'), ('trip:8', 'max', 'writer')",
+    )
+    .await
+    .unwrap();
+    let mut yjs = Editor::connect(&server, "trip:8", &token("mia", &[], 3600)).await;
+    let mut ws = server.connect("max", &[]).await;
+    let id = ws.request("doc:open", json!({ "doc": "trip:8" })).await;
+    assert_eq!(ws.ack(&id).await["status"], "success");
+    // A token grant is not revoked by a membership row.
+    let mut granted = Editor::connect(&server, "trip:8", &token("mia", &["trip:8"], 3600)).await;
+    yjs.pump(Duration::from_millis(300)).await;
+
+    sql.batch_execute("DELETE FROM realtime.room_members WHERE room = 'trip:8'")
+        .await
+        .unwrap();
+    yjs.pump(WAIT).await;
+    assert_eq!(yjs.closed, Some(4403));
+    let closed = ws.expect("doc:closed").await;
+    assert_eq!(closed["data"]["reason"], "access_revoked");
+    let id = ws
+        .request("doc:update", json!({ "doc": "trip:8", "update": "AAA=" }))
+        .await;
+    assert_eq!(ws.ack(&id).await["error"]["code"], "not_open");
+    granted.edit(append("title", "still here")).await;
+    granted.pump(Duration::from_millis(500)).await;
+    assert!(granted.closed.is_none());
+}

@@ -123,6 +123,9 @@ struct Aware {
 
 struct PeerState {
     peer: Peer,
+    user: String,
+    /// Access came from the token's `rooms` patterns, not from a membership row.
+    by_token: bool,
     awareness_sent: Instant,
     /// Awareness changes held back by the 20 Hz throttle.
     held: Vec<ClientID>,
@@ -300,11 +303,14 @@ impl Docs {
         self.loaded.lock().len()
     }
 
-    /// Loads `name` if needed and adds the connection as a peer.
+    /// Loads `name` if needed and adds the connection as a peer. `by_token`: the user's access
+    /// comes from the token (a deleted membership row does not revoke it).
     pub async fn join(
         self: &Arc<Self>,
         name: &str,
         conn: u64,
+        user: &str,
+        by_token: bool,
         peer: Peer,
     ) -> Result<Arc<DocHandle>, StoreError> {
         loop {
@@ -319,6 +325,8 @@ impl Docs {
                 conn,
                 PeerState {
                     peer: peer.clone(),
+                    user: user.to_owned(),
+                    by_token,
                     awareness_sent: Instant::now(),
                     held: Vec::new(),
                 },
@@ -470,6 +478,36 @@ impl Docs {
         if let Some(changes) = changes {
             broadcast(&handle.name, &state.peers, &changes);
         }
+    }
+
+    /// A membership row was deleted: `user`'s connections that were let in by membership leave
+    /// the document (`/yjs` connections close with `access_revoked`, `/ws` sessions get
+    /// `doc:closed`). Returns how many left.
+    pub fn revoke(&self, name: &str, user: &str) -> usize {
+        let Some(handle) = self.loaded.lock().get(name).cloned() else {
+            return 0;
+        };
+        let mut state = handle.state.lock();
+        let revoked: Vec<u64> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| p.user == user && !p.by_token)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in &revoked {
+            if let Some(peer) = state.peers.remove(conn) {
+                match peer.peer {
+                    Peer::Binary(outbox) => outbox.close(CloseReason::Policy("access_revoked")),
+                    Peer::Json(outbox) => {
+                        outbox.push(crate::hub::Frame::from(protocol::doc_closed(
+                            name,
+                            "access_revoked",
+                        )));
+                    }
+                }
+            }
+        }
+        revoked.len()
     }
 
     /// Restores version `version` of `name` as a forward change that every editor receives,
@@ -678,6 +716,11 @@ impl DocHandle {
         if let Some(update) = awareness_of(&state.awareness, changed) {
             broadcast_awareness(&self.name, &state.peers, &update);
         }
+    }
+
+    /// Whether the connection is (still) an editor of this document.
+    pub fn has_peer(&self, conn: u64) -> bool {
+        self.state.lock().peers.contains_key(&conn)
     }
 
     /// Removes a connection; its awareness states are removed for everyone.

@@ -415,7 +415,13 @@ impl Session {
             let handle = self
                 .gateway
                 .docs
-                .join(doc, self.conn_id, Peer::Json(self.outbox.clone()))
+                .join(
+                    doc,
+                    self.conn_id,
+                    &self.claims.user,
+                    self.claims.rooms.allows(doc),
+                    Peer::Json(self.outbox.clone()),
+                )
                 .await
                 .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
             self.docs.insert(doc.to_owned(), (handle, access.write));
@@ -432,9 +438,18 @@ impl Session {
         Ok(Some(json!({ "doc": doc, "write": write })))
     }
 
-    fn open_doc(&self, doc: &str) -> Result<&(Arc<DocHandle>, bool), Refusal> {
+    /// The open document `doc`; one whose access was revoked is forgotten here too.
+    fn open_doc(&mut self, doc: &str) -> Result<(Arc<DocHandle>, bool), Refusal> {
+        if self
+            .docs
+            .get(doc)
+            .is_some_and(|(handle, _)| !handle.has_peer(self.conn_id))
+        {
+            self.docs.remove(doc);
+        }
         self.docs
             .get(doc)
+            .cloned()
             .ok_or_else(|| Refusal::new("not_open", format!("open {doc} with doc:open first")))
     }
 

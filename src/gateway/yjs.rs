@@ -87,7 +87,13 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Claims, doc: Stri
         ));
         let handle = match gateway
             .docs
-            .join(&doc, conn, Peer::Binary(outbox.clone()))
+            .join(
+                &doc,
+                conn,
+                &claims.user,
+                claims.rooms.allows(&doc),
+                Peer::Binary(outbox.clone()),
+            )
             .await
         {
             Ok(handle) => handle,
@@ -276,6 +282,7 @@ fn close_code(reason: &str) -> u16 {
         "heartbeat_timeout" => 4000,
         "token_expired" => 4003,
         "document_reloaded" | "unavailable" | "overloaded" => 1013,
+        "access_revoked" => 4403,
         _ => 1008,
     }
 }

@@ -163,6 +163,15 @@ pub fn doc_update(doc: &str, update: &str) -> String {
     )
 }
 
+/// `doc:closed`: the server closed a document for this connection (`access_revoked`).
+pub fn doc_closed(doc: &str, reason: &str) -> String {
+    envelope(
+        "doc:closed",
+        &server_id(),
+        json!({ "doc": doc, "reason": reason }),
+    )
+}
+
 /// `doc:awareness`: editors' awareness states (base64 y-protocols awareness update).
 pub fn doc_awareness(doc: &str, update: &str) -> String {
     envelope(

@@ -9,9 +9,9 @@ mod encode;
 mod parse;
 
 pub use encode::{
-    ack_error, ack_ok, connected, doc_awareness, doc_sync, doc_update, error_frame, now_rfc3339,
-    pg_timestamp_to_rfc3339, ping, pong, resume_failed, room_broadcast, room_left, room_message,
-    system_reconnect,
+    ack_error, ack_ok, connected, doc_awareness, doc_closed, doc_sync, doc_update, error_frame,
+    now_rfc3339, pg_timestamp_to_rfc3339, ping, pong, resume_failed, room_broadcast, room_left,
+    room_message, system_reconnect,
 };
 pub use parse::{parse_client_frame, ClientFrame, Command, Metadata};
 

@@ -142,6 +142,7 @@ fn apply(hub: &Hub, docs: &Docs, routed: Routed) -> bool {
         Routed::MemberRemoved { room, user } => {
             let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
             hub.revoke(&room, &user, &notice);
+            docs.revoke(&room, &user);
             false
         }
         Routed::DocUpdate {
