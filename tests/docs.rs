@@ -648,3 +648,20 @@ async fn deleting_a_membership_row_removes_the_editor_live() {
     granted.pump(Duration::from_millis(500)).await;
     assert!(granted.closed.is_none());
 }
+
+#[tokio::test]
+async fn edits_reach_editors_on_another_node_through_the_wal() {
+    let (cluster, a, _sql) = setup(&[]).await;
+    let b = TestServer::start(&cluster, &[("TRIPTRIP_SLOT", "second_node")]).await;
+    let t = token("alice", &["trip:*"], 3600);
+    let mut on_a = Editor::connect(&a, "trip:10", &t).await;
+    let mut on_b = Editor::connect(&b, "trip:10", &t).await;
+    on_a.pump(Duration::from_millis(200)).await;
+    on_b.pump(Duration::from_millis(200)).await;
+    on_a.edit(append("title", "from node A")).await;
+    on_b.edit(append("notes", "from node B")).await;
+    on_b.until(|d| d.get_or_insert_text("title").get_string(&d.transact()) == "from node A")
+        .await;
+    on_a.until(|d| d.get_or_insert_text("notes").get_string(&d.transact()) == "from node B")
+        .await;
+}
