@@ -336,7 +336,7 @@ async fn ladder(
         let done = lg.expect("STEP_DONE", Duration::from_secs(60)).await?;
         let mut cpu = watch.percent(&cpu_start, &cpu_end);
         let watched: f64 = cpu.iter().map(|(_, pct)| pct).sum();
-        cpu.push(("others", (machine.busy - watched).max(0.0)));
+        cpu.push(("others", (machine.busy + machine.steal - watched).max(0.0)));
         cpu.push(("steal", machine.steal));
         let ms = |key: &str| num(&done, key) / 1000.0;
         let sent = num(&done, "sent");
@@ -465,7 +465,7 @@ async fn check_stored(
 /// other processes (other engineers' builds) and the hypervisor (steal) took during a step.
 struct MachineCpu {
     at: std::time::Instant,
-    /// user + nice + system ticks.
+    /// user + nice + system + irq + softirq ticks.
     busy: u64,
     steal: u64,
 }
@@ -490,7 +490,7 @@ impl MachineCpu {
         let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
         MachineCpu {
             at: std::time::Instant::now(),
-            busy: field(0) + field(1) + field(2),
+            busy: field(0) + field(1) + field(2) + field(5) + field(6),
             steal: field(7),
         }
     }
