@@ -600,8 +600,9 @@ const CLIENT_BASE: u64 = 1_000_000;
 const OBSERVER_CLIENT: u64 = 1;
 /// After a step's editors stop, how long late updates are awaited before they count as lost.
 const TAIL: Duration = Duration::from_secs(5);
-/// Hocuspocus closes a connection that sent nothing for 60 s (its providers send awareness
-/// every 15–30 s), so its clients send a query-awareness message this often.
+/// Both servers close a connection that sent nothing for 60 s (y-websocket and Hocuspocus
+/// providers renew their awareness state every 15 s), so every client that has nothing else
+/// to send sends a query-awareness message this often.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Words typed into the notes, one per text edit.
 const WORDS: &[&str] = &[
@@ -914,8 +915,8 @@ fn keepalive_ticks() -> tokio::time::Interval {
     ticks
 }
 
-fn keepalive(target: Target) -> Option<WsMessage> {
-    (target == Target::Hocuspocus).then(|| frame(target, &Message::AwarenessQuery))
+fn keepalive(target: Target) -> WsMessage {
+    frame(target, &Message::AwarenessQuery)
 }
 
 fn decode(target: Target, data: &[u8]) -> Result<Vec<Incoming>, BoxError> {
@@ -1035,10 +1036,8 @@ async fn observer(shared: Arc<Shared>, mut ws: Ws, doc: Doc) {
                 }
             }
             _ = ticks.tick() => {
-                if let Some(message) = keepalive(target) {
-                    if let Err(e) = ws.send(message).await {
-                        break e.into();
-                    }
+                if let Err(e) = ws.send(keepalive(target)).await {
+                    break e.into();
                 }
             }
         }
@@ -1209,10 +1208,8 @@ async fn run_editor(
                 }
             }
             _ = ticks.tick() => {
-                if let Some(message) = keepalive(target) {
-                    if let Err(e) = ws.send(message).await {
-                        break e.into();
-                    }
+                if let Err(e) = ws.send(keepalive(target)).await {
+                    break e.into();
                 }
             }
         }
