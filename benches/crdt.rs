@@ -29,6 +29,9 @@
 //! step is run once more unless it collapsed (p99 > 1 s, over 1 % lost, or a connection
 //! closed); the ladder stops at a rate that fails twice. CPU time (/proc, % of one core) of the
 //! server, PostgreSQL and the load generator over each sending window, and the server's RSS.
+//! The machine is shared, so each step also shows what the rest of it took (`others`: machine
+//! busy + steal − the processes above, from /proc/stat) and the hypervisor's steal; a run with
+//! steps where others reached 25 % of a core ends with a warning to rerun it.
 //! After our ladder, the document is loaded from PostgreSQL (latest version + later updates)
 //! and must contain every edit the observer received, since the server relays only committed
 //! updates.
@@ -80,6 +83,9 @@ const GOAL_RATIO: f64 = 3.0;
 /// A step this far off is not retried.
 const COLLAPSE_P99_MS: f64 = 1000.0;
 const COLLAPSE_LOST: f64 = 0.01;
+/// A step during which the rest of the machine (other processes, steal) took this much of a
+/// core was disturbed.
+const DISTURBED_PCT: f64 = 25.0;
 
 fn main() {
     common::bench_main_with("crdt", run, loadgen_main);
@@ -160,6 +166,8 @@ struct Side {
     best: f64,
     best_p99_ms: Option<f64>,
     rows: Vec<StepRow>,
+    /// Steps during which the rest of the machine took `DISTURBED_PCT` or more.
+    disturbed: usize,
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -233,6 +241,15 @@ async fn run() -> Result<(), BoxError> {
         side.best_p99_ms
             .map_or_else(|| "nan".into(), |p| format!("{p:.1}"))
     };
+    for (name, side) in [("ours", &ours), ("Hocuspocus", &hocuspocus)] {
+        if side.disturbed > 0 {
+            println!(
+                "WARNING: {} of {name}'s {} steps were disturbed (others >= {DISTURBED_PCT}% of a core): rerun",
+                side.disturbed,
+                side.rows.len()
+            );
+        }
+    }
     println!(
         "\nhighest edits/s with p99 <= {GOAL_P99_MS} ms and nothing lost: ours {:.0}, Hocuspocus {:.0}, \
          ratio {ratio:.2} (goal >= {GOAL_RATIO}: {}); load average at end: {}",
@@ -336,8 +353,12 @@ async fn ladder(
         let done = lg.expect("STEP_DONE", Duration::from_secs(60)).await?;
         let mut cpu = watch.percent(&cpu_start, &cpu_end);
         let watched: f64 = cpu.iter().map(|(_, pct)| pct).sum();
-        cpu.push(("others", (machine.busy + machine.steal - watched).max(0.0)));
+        let others = (machine.busy + machine.steal - watched).max(0.0);
+        cpu.push(("others", others));
         cpu.push(("steal", machine.steal));
+        if others >= DISTURBED_PCT {
+            side.disturbed += 1;
+        }
         let ms = |key: &str| num(&done, key) / 1000.0;
         let sent = num(&done, "sent");
         let sent_per_s = num(&done, "sent_per_s");
