@@ -244,7 +244,7 @@ async fn run() -> Result<(), BoxError> {
     for (name, side) in [("ours", &ours), ("Hocuspocus", &hocuspocus)] {
         if side.disturbed > 0 {
             println!(
-                "WARNING: {} of {name}'s {} steps were disturbed (others >= {DISTURBED_PCT}% of a core): rerun",
+                "WARNING: {name}: {} of {} steps were disturbed (others >= {DISTURBED_PCT}% of a core): rerun",
                 side.disturbed,
                 side.rows.len()
             );
