@@ -1236,8 +1236,10 @@ async fn run_editor(
         }
     };
     shared.closed.fetch_add(1, Relaxed);
-    shared.editors_gone.fetch_add(1, Relaxed);
-    eprintln!("loadgen: editor {} stopped: {why}", editor.index);
+    // The first few are enough to see why (STEP_DONE counts them all).
+    if shared.editors_gone.fetch_add(1, Relaxed) < 3 {
+        eprintln!("loadgen: editor {} stopped: {why}", editor.index);
+    }
 }
 
 /// An editor's read: anything but the end of the connection is dropped unread.
