@@ -665,3 +665,61 @@ async fn edits_reach_editors_on_another_node_through_the_wal() {
     on_a.until(|d| d.get_or_insert_text("notes").get_string(&d.transact()) == "from node B")
         .await;
 }
+
+#[tokio::test]
+async fn awareness_is_relayed_throttled_and_expires_after_silence() {
+    use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+    let (_cluster, server, _sql) = setup(&[("TRIPTRIP_DOC_AWARENESS_TIMEOUT_MS", "1000")]).await;
+    let t = token("alice", &["trip:*"], 3600);
+    let mut a = Editor::connect(&server, "trip:11", &t).await;
+    let mut b = Editor::connect(&server, "trip:11", &t).await;
+    a.pump(Duration::from_millis(200)).await;
+    b.pump(Duration::from_millis(200)).await;
+    let cursor = |clock: u32, x: u32| {
+        YMessage::Awareness(AwarenessUpdate {
+            clients: std::collections::HashMap::from([(
+                yrs::block::ClientID::new(77),
+                AwarenessUpdateEntry {
+                    clock,
+                    json: format!(r#"{{"cursor":{x}}}"#).into(),
+                },
+            )]),
+        })
+    };
+    // A burst of 50 cursor moves: the last state arrives, but not 50 relays.
+    for i in 1..=50 {
+        a.send(cursor(i, i)).await;
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.last().map(String::as_str) != Some(r#"{"cursor":50}"#) {
+        assert!(tokio::time::Instant::now() < deadline, "{seen:?}");
+        let Ok(Some(Ok(Message::Binary(data)))) =
+            tokio::time::timeout(Duration::from_secs(5), b.ws.next()).await
+        else {
+            panic!("no awareness relayed: {seen:?}");
+        };
+        if let Ok(YMessage::Awareness(update)) = YMessage::decode_v1(&data) {
+            seen.extend(update.clients.values().map(|e| e.json.to_string()));
+        }
+    }
+    assert!(seen.len() < 25, "throttled to 20 Hz, got {}", seen.len());
+    // Silence: the state expires and everyone is told (a null state).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "awareness never expired"
+        );
+        let Ok(Some(Ok(Message::Binary(data)))) =
+            tokio::time::timeout(Duration::from_secs(5), b.ws.next()).await
+        else {
+            continue;
+        };
+        if let Ok(YMessage::Awareness(update)) = YMessage::decode_v1(&data) {
+            if update.clients.values().any(|e| &*e.json == "null") {
+                break;
+            }
+        }
+    }
+}
