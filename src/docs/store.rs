@@ -1,6 +1,7 @@
 //! What documents ask PostgreSQL: load, group commit, versions and the JSON projection.
 
 use deadpool_postgres::Pool;
+use deadpool_postgres::Transaction;
 use serde_json::Value;
 use tokio_postgres::IsolationLevel;
 use yrs::updates::decoder::Decode;
@@ -60,8 +61,7 @@ pub async fn ensure(pool: &Pool, doc: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The latest version (or `upto` given: the newest version with `version <= upto`) and the
-/// updates after it, read in one snapshot.
+/// The latest version and the updates after it, read in one snapshot.
 pub async fn load(pool: &Pool, doc: &str) -> Result<Stored, StoreError> {
     let mut client = pool.get().await?;
     let txn = client
@@ -70,6 +70,13 @@ pub async fn load(pool: &Pool, doc: &str) -> Result<Stored, StoreError> {
         .read_only(true)
         .start()
         .await?;
+    let stored = read(&txn, doc).await?;
+    txn.commit().await?;
+    Ok(stored)
+}
+
+/// What [`load`] reads, within the caller's (repeatable read) transaction.
+async fn read(txn: &Transaction<'_>, doc: &str) -> Result<Stored, StoreError> {
     let base = txn
         .query_opt(
             "SELECT state, upto_seq FROM realtime.doc_versions WHERE doc = $1 \
@@ -87,7 +94,6 @@ pub async fn load(pool: &Pool, doc: &str) -> Result<Stored, StoreError> {
             &[&doc, &from],
         )
         .await?;
-    txn.commit().await?;
     let seq = rows.last().map_or(from, |row| row.get(0));
     Ok(Stored {
         base,
@@ -149,32 +155,11 @@ pub async fn cut_version(
     if !locked {
         return Ok(None);
     }
-    let base = txn
-        .query_opt(
-            "SELECT state, upto_seq FROM realtime.doc_versions WHERE doc = $1 \
-             ORDER BY version DESC LIMIT 1",
-            &[&doc],
-        )
-        .await?;
-    let (base, from): (Option<Vec<u8>>, i64) = match base {
-        Some(row) => (Some(row.get(0)), row.get(1)),
-        None => (None, 0),
-    };
-    let rows = txn
-        .query(
-            "SELECT seq, update FROM realtime.doc_updates WHERE doc = $1 AND seq > $2 ORDER BY seq",
-            &[&doc, &from],
-        )
-        .await?;
-    if rows.is_empty() && reason == "edit" {
+    let stored = read(&txn, doc).await?;
+    if stored.updates.is_empty() && reason == "edit" {
         return Ok(None);
     }
-    let upto = rows.last().map_or(from, |row| row.get(0));
-    let stored = Stored {
-        base,
-        updates: rows.into_iter().map(|row| row.get(1)).collect(),
-        seq: upto,
-    };
+    let upto = stored.seq;
     let name = doc.to_owned();
     let state = tokio::task::spawn_blocking(move || {
         let doc = stored.build(&name);

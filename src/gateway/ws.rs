@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::http::expiry;
 use super::{Gateway, Refusal, Session};
 use crate::auth::Claims;
-use crate::hub::{CloseReason, Frame, Outbox};
+use crate::hub::{CloseReason, Outbox, Payload};
 use crate::protocol::{self, Command};
 
 #[derive(Deserialize)]
@@ -119,7 +119,19 @@ async fn serve(
         gateway.settings.heartbeat_interval_ms,
     ));
     let outbox = session.outbox.clone();
-    let writer = tokio::spawn(write_loop(sink, outbox.clone()).in_current_span());
+    let slow_notice = protocol::error_frame(
+        "slow_consumer",
+        "the connection fell too far behind; reconnect and resume",
+    );
+    let writer = tokio::spawn(
+        write_loop(
+            sink,
+            outbox.clone(),
+            Message::Text,
+            Some(Message::Text(slow_notice.into())),
+        )
+        .in_current_span(),
+    );
     let reason = read_loop(&gateway, &mut session, &mut stream).await;
     tracing::debug!(?reason, "connection ends");
     if reason == CloseReason::SlowConsumer {
@@ -247,13 +259,20 @@ fn is_too_large(e: &axum::Error) -> bool {
     text.contains("too long") || text.contains("too big") || text.contains("Space limit")
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
-    let mut batch: Vec<Frame> = Vec::new();
+/// Drains `outbox` into the socket in batches; when it closes, tells the client why (a slow
+/// consumer first gets `slow_notice`, if any) and closes the socket.
+pub(super) async fn write_loop<F: Payload>(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: Arc<Outbox<F>>,
+    message: fn(F) -> Message,
+    slow_notice: Option<Message>,
+) {
+    let mut batch: Vec<F> = Vec::new();
     loop {
         match outbox.next_batch(&mut batch).await {
             Ok(()) => {
                 for frame in batch.drain(..) {
-                    if sink.feed(Message::Text(frame)).await.is_err() {
+                    if sink.feed(message(frame)).await.is_err() {
                         outbox.close(CloseReason::Gone);
                         return;
                     }
@@ -267,15 +286,10 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
                 let (code, text) = match reason {
                     CloseReason::Gone => return,
                     CloseReason::SlowConsumer => {
-                        let notice = protocol::error_frame(
-                            "slow_consumer",
-                            "the connection fell too far behind; reconnect and resume",
-                        );
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            sink.send(Message::Text(notice.into())),
-                        )
-                        .await;
+                        if let Some(notice) = slow_notice {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(notice))
+                                .await;
+                        }
                         (4008, "slow_consumer")
                     }
                     CloseReason::Draining => (1012, "draining"),
@@ -292,9 +306,13 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>
     }
 }
 
+/// Close codes: 1009 for oversized input, 1013 to come back later, the 4000 range for the
+/// gateway's own reasons, 1008 for any other protocol violation.
 fn policy_close_code(code: &str) -> u16 {
     match code {
-        "frame_too_large" => 1009,
+        "frame_too_large" | "update_too_large" => 1009,
+        "document_reloaded" | "unavailable" | "overloaded" => 1013,
+        "access_revoked" => 4403,
         "heartbeat_timeout" => 4000,
         "unauthorized" => 4001,
         "token_expired" => 4003,

@@ -25,7 +25,7 @@ use yrs::updates::encoder::Encode;
 
 use super::docs::TokenQuery;
 use super::http::{authenticate, expiry, refusal_response};
-use super::ws::refuse;
+use super::ws::{refuse, write_loop};
 use super::Gateway;
 use crate::auth::Claims;
 use crate::docs::{self, DocHandle, Peer, Refused};
@@ -105,7 +105,8 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Claims, doc: Stri
         for message in handle.greeting() {
             outbox.push(message);
         }
-        let writer = tokio::spawn(write_loop(sink, outbox.clone()).in_current_span());
+        let writer =
+            tokio::spawn(write_loop(sink, outbox.clone(), Message::Binary, None).in_current_span());
         let mut editor = Editor {
             gateway: &gateway,
             handle: &handle,
@@ -238,51 +239,4 @@ async fn close_with(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason:
         reason: reason.into(),
     }));
     let _ = sink.send(close).await;
-}
-
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox<Bytes>>) {
-    let mut batch: Vec<Bytes> = Vec::new();
-    loop {
-        match outbox.next_batch(&mut batch).await {
-            Ok(()) => {
-                for frame in batch.drain(..) {
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
-                        outbox.close(CloseReason::Gone);
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    outbox.close(CloseReason::Gone);
-                    return;
-                }
-            }
-            Err(reason) => {
-                let (code, text) = match reason {
-                    CloseReason::Gone => return,
-                    CloseReason::SlowConsumer => (4008, "slow_consumer"),
-                    CloseReason::Draining => (1012, "draining"),
-                    CloseReason::Policy(code) => (close_code(code), code),
-                };
-                let close = Message::Close(Some(CloseFrame {
-                    code,
-                    reason: text.into(),
-                }));
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
-                return;
-            }
-        }
-    }
-}
-
-/// Close codes: 1008 for protocol violations, 1009 for oversized updates, 4000-range for the
-/// gateway's own reasons.
-fn close_code(reason: &str) -> u16 {
-    match reason {
-        "update_too_large" => 1009,
-        "heartbeat_timeout" => 4000,
-        "token_expired" => 4003,
-        "document_reloaded" | "unavailable" | "overloaded" => 1013,
-        "access_revoked" => 4403,
-        _ => 1008,
-    }
 }

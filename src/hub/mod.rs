@@ -17,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
-pub use outbox::{CloseReason, Frame, Outbox};
+pub use outbox::{CloseReason, Frame, Outbox, Payload};
 
 const SHARDS: usize = 64;
 
