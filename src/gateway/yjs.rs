@@ -85,17 +85,16 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Claims, doc: Stri
         let outbox = Arc::new(Outbox::<Bytes>::new(
             gateway.settings.connection_queue_bytes,
         ));
-        let handle = match gateway
-            .docs
-            .join(
-                &doc,
-                conn,
-                &claims.user,
-                claims.rooms.allows(&doc),
-                Peer::Binary(outbox.clone()),
-            )
-            .await
-        {
+        // Boxed: loading a document awaits the database, and an inline future that size would
+        // stay part of every idle connection's task.
+        let join = gateway.docs.join(
+            &doc,
+            conn,
+            &claims.user,
+            claims.rooms.allows(&doc),
+            Peer::Binary(outbox.clone()),
+        );
+        let handle = match Box::pin(join).await {
             Ok(handle) => handle,
             Err(e) => {
                 tracing::warn!(error = %e, "loading the document failed");
