@@ -466,17 +466,13 @@ impl Docs {
             );
             return;
         };
-        let changes = {
+        let changed = {
             let mut txn = state.doc.transact_mut();
-            if txn.apply_update(decoded).is_err() || !txn.has_changes() {
-                None
-            } else {
-                Some(txn.encode_update_v1())
-            }
+            txn.apply_update(decoded).is_ok() && txn.has_changes()
         };
         state.unversioned += 1;
-        if let Some(changes) = changes {
-            broadcast(&handle.name, &state.peers, &changes);
+        if changed {
+            broadcast(&handle.name, &state.peers, &update);
         }
     }
 
