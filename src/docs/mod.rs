@@ -879,10 +879,11 @@ async fn commit(docs: &Docs, handle: &DocHandle, batch: &mut Vec<Pending>) -> bo
             docs.stats
                 .updates_stored
                 .fetch_add(n as u64, Ordering::Relaxed);
+            // One update is relayed as is; a batch is merged into one message.
             let merged = if n == 1 {
-                Ok(updates[0].clone())
+                Ok(None)
             } else {
-                yrs::merge_updates_v1(&updates)
+                yrs::merge_updates_v1(&updates).map(Some)
             };
             {
                 let mut state = handle.state.lock();
@@ -890,7 +891,8 @@ async fn commit(docs: &Docs, handle: &DocHandle, batch: &mut Vec<Pending>) -> bo
                 state.seq = state.seq.max(last);
                 state.unversioned += n as u64;
                 match merged {
-                    Ok(merged) => broadcast(&handle.name, &state.peers, &merged),
+                    Ok(None) => broadcast(&handle.name, &state.peers, &updates[0]),
+                    Ok(Some(merged)) => broadcast(&handle.name, &state.peers, &merged),
                     Err(_) => {
                         for update in &updates {
                             broadcast(&handle.name, &state.peers, update);

@@ -34,20 +34,8 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !gateway.settings.origin_allowed(origin) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this origin may not connect",
-        );
-    }
-    if gateway.is_draining() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the server is restarting; reconnect",
-        );
+    if let Some(refusal) = handshake_refusal(&gateway, &headers) {
+        return refusal;
     }
     let claims = match query.token.or_else(|| bearer_token(&headers)) {
         Some(token) => match gateway.verifier.verify(&token) {
@@ -64,6 +52,27 @@ pub(super) async fn upgrade(
         .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| run(gateway, socket, claims))
+}
+
+/// Why a WebSocket handshake is refused before its token is looked at: a browser origin
+/// outside the allow-list (403), or a draining server (503).
+pub(super) fn handshake_refusal(gateway: &Gateway, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    if !gateway.settings.origin_allowed(origin) {
+        return Some(refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not connect",
+        ));
+    }
+    if gateway.is_draining() {
+        return Some(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the server is restarting; reconnect",
+        ));
+    }
+    None
 }
 
 /// The token from `Authorization: Bearer …`.

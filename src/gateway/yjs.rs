@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::header::ORIGIN;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -25,7 +24,7 @@ use yrs::updates::encoder::Encode;
 
 use super::docs::TokenQuery;
 use super::http::{authenticate, expiry, refusal_response};
-use super::ws::{refuse, write_loop};
+use super::ws::{handshake_refusal, write_loop};
 use super::Gateway;
 use crate::auth::Claims;
 use crate::docs::{self, DocHandle, Peer, Refused};
@@ -38,20 +37,8 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !gateway.settings.origin_allowed(origin) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this origin may not connect",
-        );
-    }
-    if gateway.is_draining() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the server is restarting; reconnect",
-        );
+    if let Some(refusal) = handshake_refusal(&gateway, &headers) {
+        return refusal;
     }
     let claims = match authenticate(&gateway, query.token.as_deref(), &headers) {
         Ok(claims) => claims,
