@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod hub;
 pub mod maintenance;
 pub mod migrate;
+pub mod notify;
 pub mod ops;
 pub mod protocol;
 pub mod server;
