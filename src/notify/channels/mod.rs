@@ -92,6 +92,25 @@ pub enum SendError {
     InvalidTarget(String),
 }
 
+/// A provider is configured, but its settings cannot be used (a malformed URL, an unreadable
+/// key file, a missing companion setting). Reported at startup, never while sending.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable (or flag) at fault, for example `TRIPTRIP_SMTP_URL`.
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Timeouts per channel (seed §5.3).
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EMAIL_TIMEOUT: Duration = Duration::from_secs(60);
