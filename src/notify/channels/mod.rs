@@ -6,6 +6,10 @@
 //! proves the target dead ([`SendError::InvalidTarget`]: the dispatcher deletes the push token or
 //! disables the address). Retries, claiming and state live in the dispatcher and in SQL.
 
+pub mod email;
+pub mod sms;
+pub mod webhook;
+
 use std::time::{Duration, SystemTime};
 
 /// How urgent a notification is (seed §5.2); providers map it to their own priority fields.
