@@ -6,9 +6,13 @@
 //! proves the target dead ([`SendError::InvalidTarget`]: the dispatcher deletes the push token or
 //! disables the address). Retries, claiming and state live in the dispatcher and in SQL.
 
+pub mod apns;
 pub mod email;
+pub mod fcm;
+pub mod http;
 pub mod sms;
 pub mod webhook;
+pub mod webpush;
 
 use std::time::{Duration, SystemTime};
 
