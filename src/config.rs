@@ -74,4 +74,6 @@ pub struct Settings {
     pub gateway: crate::gateway::GatewaySettings,
     #[command(flatten)]
     pub docs: crate::docs::DocSettings,
+    #[command(flatten)]
+    pub notify: crate::notify::NotifySettings,
 }

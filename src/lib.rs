@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod notify;
 pub mod ops;
+pub mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod wal;

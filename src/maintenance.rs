@@ -1,7 +1,9 @@
 //! Periodic upkeep of the message log, safe to run on every node at once (the SQL functions
 //! take advisory locks): daily partitions created ahead, expired idempotency keys pruned, and,
 //! when a history retention is configured, old partitions dropped; document versions older than
-//! 90 days pruned (each document keeps its latest).
+//! 90 days pruned (each document keeps its latest); notifications and delivery history older
+//! than 90 days, notification idempotency keys older than 24 hours, and outbox events older
+//! than 7 days that every subscription received, pruned.
 
 use std::time::Duration;
 
@@ -60,14 +62,24 @@ pub async fn once(
         .query_one("SELECT realtime.prune_doc_versions()", &[])
         .await?
         .get(0);
+    let notifications: i64 = client
+        .query_one("SELECT realtime.prune_notifications()", &[])
+        .await?
+        .get(0);
+    let outbox: i64 = client
+        .query_one("SELECT realtime.prune_outbox()", &[])
+        .await?
+        .get(0);
     client.commit().await?;
-    if created + dropped > 0 || pruned > 0 || versions > 0 {
+    if created + dropped > 0 || pruned > 0 || versions > 0 || notifications > 0 || outbox > 0 {
         tracing::info!(
             created,
             pruned,
             dropped,
             versions,
-            "message log and document upkeep"
+            notifications,
+            outbox,
+            "message log, document, notification and outbox upkeep"
         );
     }
     Ok((created, pruned, dropped))

@@ -14,7 +14,12 @@ use crate::docs::Docs;
 use crate::gateway::store::Store;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
+use crate::notify::channels::webhook::WebhookSender;
+use crate::notify::channels::Channels;
+use crate::notify::dispatch::{DispatchStats, Dispatcher, SystemClock};
+use crate::notify::inapp::Receipts;
 use crate::ops::{self, OpsState};
+use crate::outbox::{OutboxStats, Relay};
 use crate::wal::{self, WalStatus};
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -35,21 +40,63 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
     let pool = db::pool(url, 16)?;
     let hub = Arc::new(Hub::default());
     let docs = Arc::new(Docs::new(pool.clone(), settings.docs.clone()));
+    let receipts = Arc::new(Receipts::default());
     let status = Arc::new(WalStatus::default());
     let (stop, stopped) = watch::channel(false);
     let worker = {
         let (url, slot) = (url.to_owned(), settings.slot.clone());
         let (hub, docs, status) = (hub.clone(), docs.clone(), status.clone());
-        tokio::spawn(async move { wal::run(&url, &slot, hub, docs, status, stopped).await })
+        let receipts = receipts.clone();
+        tokio::spawn(
+            async move { wal::run(&url, &slot, hub, docs, receipts, status, stopped).await },
+        )
     };
+    {
+        let (receipts, pool, stopped) = (receipts.clone(), pool.clone(), stop.subscribe());
+        tokio::spawn(async move { receipts.run(pool, stopped).await });
+    }
     let gateway = Arc::new(Gateway::new(
         hub,
         docs,
+        receipts,
         Store::new(pool.clone(), settings.gateway.replay_retention_secs),
         verifier,
         settings.gateway.clone(),
     ));
     tokio::spawn(crate::gateway::run_resync(gateway.clone()));
+    let dispatch_stats = Arc::new(DispatchStats::default());
+    let channels = Arc::new(
+        Channels::from_settings(&settings.notify.channels).context("notification providers")?,
+    );
+    tracing::info!(providers = ?channels.configured(), dispatchers = settings.notify.dispatchers, "notification delivery");
+    for _ in 0..settings.notify.dispatchers {
+        let dispatcher = Dispatcher::new(
+            pool.clone(),
+            channels.clone(),
+            Arc::new(SystemClock),
+            settings.notify.dispatch_batch,
+            dispatch_stats.clone(),
+        );
+        let (url, stopped) = (url.to_owned(), stop.subscribe());
+        tokio::spawn(async move { dispatcher.run(&url, stopped).await });
+    }
+    let outbox_stats = Arc::new(OutboxStats::default());
+    for _ in 0..settings.notify.outbox_relays {
+        let relay = Relay::new(
+            pool.clone(),
+            WebhookSender::new(
+                settings
+                    .notify
+                    .channels
+                    .http
+                    .client()
+                    .context("the webhook client")?,
+            ),
+            outbox_stats.clone(),
+        );
+        let (url, stopped) = (url.to_owned(), stop.subscribe());
+        tokio::spawn(async move { relay.run(&url, stopped).await });
+    }
     tokio::spawn(crate::maintenance::run(
         pool.clone(),
         settings.gateway.history_retention_days,
@@ -60,6 +107,8 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         wal: status,
         slot: settings.slot.clone(),
         gateway: gateway.clone(),
+        dispatch: dispatch_stats,
+        outbox: outbox_stats,
     }));
     let listener = TcpListener::bind(settings.listen)
         .await

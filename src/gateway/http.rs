@@ -473,7 +473,7 @@ pub(super) async fn cors(
         if preflight {
             headers.insert(
                 ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, OPTIONS"),
+                HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
             );
             headers.insert(
                 ACCESS_CONTROL_ALLOW_HEADERS,

@@ -7,6 +7,7 @@
 
 mod docs;
 mod http;
+mod notifications;
 mod poll;
 mod publish;
 mod replay;
@@ -33,6 +34,7 @@ use store::Store;
 use crate::auth::Verifier;
 use crate::docs::Docs;
 use crate::hub::{CloseReason, Frame, Hub, Outbox};
+use crate::notify::inapp::Receipts;
 use crate::protocol;
 
 /// Counters for `/metrics`.
@@ -47,6 +49,7 @@ pub struct GatewayStats {
 pub struct Gateway {
     pub hub: Arc<Hub>,
     pub docs: Arc<Docs>,
+    pub receipts: Arc<Receipts>,
     pub store: Store,
     pub verifier: Verifier,
     pub settings: GatewaySettings,
@@ -61,6 +64,7 @@ impl Gateway {
     pub fn new(
         hub: Arc<Hub>,
         docs: Arc<Docs>,
+        receipts: Arc<Receipts>,
         store: Store,
         verifier: Verifier,
         settings: GatewaySettings,
@@ -68,6 +72,7 @@ impl Gateway {
         Gateway {
             hub,
             docs,
+            receipts,
             store,
             verifier,
             settings,
@@ -106,6 +111,30 @@ impl Gateway {
             .route(
                 "/api/docs/{doc}/diff",
                 get(docs::diff).options(http::preflight),
+            )
+            .route(
+                "/api/notifications",
+                get(notifications::list).options(http::preflight),
+            )
+            .route(
+                "/api/notifications/read",
+                post(notifications::read).options(http::preflight),
+            )
+            .route(
+                "/api/notifications/dismiss",
+                post(notifications::dismiss).options(http::preflight),
+            )
+            .route(
+                "/api/notifications/preferences",
+                get(notifications::preferences)
+                    .put(notifications::set_preferences)
+                    .options(http::preflight),
+            )
+            .route(
+                "/api/push-tokens",
+                post(notifications::register_push_token)
+                    .delete(notifications::remove_push_token)
+                    .options(http::preflight),
             )
             .layer(axum::Extension(rates))
             .layer(axum::middleware::from_fn_with_state(

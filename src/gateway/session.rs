@@ -21,7 +21,8 @@ use super::Gateway;
 use crate::auth::Claims;
 use crate::docs::{self, DocHandle, Peer};
 use crate::hub::{Frame, Outbox, Subscription};
-use crate::protocol::{self, ClientFrame, Command};
+use crate::notify::inapp;
+use crate::protocol::{self, ClientFrame, Command, MarkAction};
 
 /// A refusal to send back: a protocol code and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Session {
     rooms: HashMap<String, Arc<Subscription>>,
     /// Open documents, and whether this session may change each.
     docs: HashMap<String, (Arc<DocHandle>, bool)>,
+    /// The user's notification log, once `notification:subscribe` was sent.
+    notifications: Option<Arc<Subscription>>,
     bucket: TokenBucket,
 }
 
@@ -68,6 +71,7 @@ impl Session {
             gateway,
             rooms: HashMap::new(),
             docs: HashMap::new(),
+            notifications: None,
             bucket: TokenBucket::new(rate, rate * 2.0),
         }
     }
@@ -113,6 +117,12 @@ impl Session {
                     handle.leave(self.conn_id);
                 }
                 Ok(Some(json!({ "doc": doc })))
+            }
+            Command::NotificationSubscribe { since } => {
+                self.notifications_subscribe(since, id.as_deref()).await
+            }
+            Command::NotificationMark { ids, action } => {
+                self.notifications_mark(&ids, action).await
             }
         };
         match (result, id) {
@@ -228,17 +238,71 @@ impl Session {
             self.gateway.hub.unsubscribe(&sub);
             self.rooms.remove(room);
         }
-        result.map(|()| None)
+        result.map(|_| None)
+    }
+
+    /// `notification:subscribe`: the user's notification log, joined like a room (ack with
+    /// the latest seq, replay after `since`, then live), followed by the unread count. What
+    /// the replay sent counts as delivered in-app.
+    async fn notifications_subscribe(
+        &mut self,
+        since: Option<u64>,
+        id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        if self.notifications.is_some() {
+            return Ok(Some(json!({ "already_subscribed": true })));
+        }
+        let user = self.claims.user.clone();
+        let sub = self.gateway.hub.subscribe(
+            &inapp::room(&user),
+            self.conn_id,
+            Arc::from(user.as_str()),
+            self.outbox.clone(),
+            true,
+        );
+        let sent = match self.catch_up(&sub, since, id).await {
+            Ok(sent) => sent,
+            Err(refusal) => {
+                self.gateway.hub.unsubscribe(&sub);
+                return Err(refusal);
+            }
+        };
+        self.notifications = Some(sub);
+        if since.is_some_and(|since| sent > since) {
+            self.gateway.receipts.reached(&user, sent);
+        }
+        if let Ok(unread) = self.gateway.store.unread(&user).await {
+            self.send(protocol::notification_badge(unread));
+        }
+        Ok(None)
+    }
+
+    /// `notification:read` / `notification:dismiss`: marks the user's own notifications (ids
+    /// of other users' notifications change nothing). Every connection of the user hears of it
+    /// through the WAL.
+    async fn notifications_mark(
+        &self,
+        ids: &[i64],
+        action: MarkAction,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        let changed = self
+            .gateway
+            .store
+            .mark_notifications(&self.claims.user, ids, action)
+            .await
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        Ok(Some(json!({ "changed": changed })))
     }
 
     /// Acknowledges the join with the room's current seq, then replays from `since`. Fails only
     /// before the ack; a replay that cannot complete answers `resume:failed` and goes live.
+    /// Returns the last seq the client has been sent (or `since`).
     async fn catch_up(
         &self,
         sub: &Subscription,
         since: Option<u64>,
         id: Option<&str>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u64, Refusal> {
         let store = &self.gateway.store;
         let last_seq = || async {
             store
@@ -265,14 +329,14 @@ impl Session {
         }
         let Some(since) = since else {
             sub.go_live(current);
-            return Ok(());
+            return Ok(0);
         };
         if since > current {
             self.send(protocol::resume_failed(&sub.room, since, current));
             sub.go_live(current);
-            return Ok(());
+            return Ok(since);
         }
-        match replay(
+        let sent = match replay(
             &self.gateway.store,
             &self.outbox,
             &sub.room,
@@ -281,16 +345,15 @@ impl Session {
         )
         .await
         {
-            Replayed::Reached(position) => {
-                sub.go_live(position);
-            }
+            Replayed::Reached(position) => sub.go_live(position),
             Replayed::Unavailable => {
                 self.send(protocol::resume_failed(&sub.room, since, current));
                 sub.go_live(current);
+                since
             }
-            Replayed::Closed => {}
-        }
-        Ok(())
+            Replayed::Closed => since,
+        };
+        Ok(sent)
     }
 
     fn leave(&mut self, room: &str) -> Result<Option<serde_json::Value>, Refusal> {
@@ -372,9 +435,10 @@ impl Session {
 
     /// Leaves every room; called once when the connection ends.
     pub fn close(&mut self) {
-        for sub in self.rooms.values() {
+        for sub in self.rooms.values().chain(self.notifications.iter()) {
             self.gateway.hub.unsubscribe(sub);
         }
+        self.notifications = None;
         self.rooms.clear();
         for (handle, _) in self.docs.values() {
             handle.leave(self.conn_id);

@@ -1,17 +1,81 @@
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
 use super::OpsState;
+use crate::notify::dispatch::{ChannelStats, DispatchStats, CHANNELS, LATENCY_BUCKETS};
 
 /// Slot figures straight from PostgreSQL, so they are right even when the worker is stuck.
 const SLOT_SQL: &str = "SELECT active, \
         pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8, \
         pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
     FROM pg_replication_slots WHERE slot_name = $1";
+
+/// Per-channel delivery counters and the created-to-sent latency histogram.
+fn notification_metrics(out: &mut String, stats: &DispatchStats) {
+    let _ = writeln!(
+        out,
+        "# HELP triptrip_notification_dispatch_rounds_total Dispatcher rounds (claim, send, record).\n\
+         # TYPE triptrip_notification_dispatch_rounds_total counter\n\
+         triptrip_notification_dispatch_rounds_total {}\n\
+         # HELP triptrip_notification_dispatch_failures_total Dispatcher rounds that failed (their deliveries stay due).\n\
+         # TYPE triptrip_notification_dispatch_failures_total counter\n\
+         triptrip_notification_dispatch_failures_total {}",
+        stats.rounds.load(Ordering::Relaxed),
+        stats.round_failures.load(Ordering::Relaxed),
+    );
+    for (name, help, pick) in [
+        (
+            "triptrip_notification_sent_total",
+            "Deliveries a provider accepted.",
+            (|c: &ChannelStats| &c.sent) as fn(&ChannelStats) -> &AtomicU64,
+        ),
+        (
+            "triptrip_notification_retries_total",
+            "Delivery attempts that met a transient error (retried later unless retries ran out).",
+            |c: &ChannelStats| &c.retried,
+        ),
+        (
+            "triptrip_notification_failures_total",
+            "Delivery attempts that failed for good (permanent error or dead target).",
+            |c: &ChannelStats| &c.failed,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (channel, c) in CHANNELS.iter().zip(&stats.channels) {
+            let _ = writeln!(
+                out,
+                "{name}{{channel=\"{channel}\"}} {}",
+                pick(c).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "triptrip_notification_send_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From the notification's commit to the provider's acceptance.\n# TYPE {name} histogram"
+    );
+    for (channel, c) in CHANNELS.iter().zip(&stats.channels) {
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&c.latency) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{channel=\"{channel}\",le=\"{bound}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let total = c.latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{channel=\"{channel}\",le=\"+Inf\"}} {total}\n\
+             {name}_sum{{channel=\"{channel}\"}} {}\n\
+             {name}_count{{channel=\"{channel}\"}} {total}",
+            c.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
 
 pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
     let mut out = String::with_capacity(2048);
@@ -132,6 +196,21 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
             "Document versions taken by this node.",
             &gw.docs.stats.versions,
         ),
+        (
+            "triptrip_outbox_to_rooms_total",
+            "Outbox events relayed into rooms.",
+            &state.outbox.to_rooms,
+        ),
+        (
+            "triptrip_outbox_to_webhooks_total",
+            "Outbox events a webhook accepted.",
+            &state.outbox.to_webhooks,
+        ),
+        (
+            "triptrip_outbox_webhook_failures_total",
+            "Outbox webhook attempts that failed (the topic waits and retries).",
+            &state.outbox.webhook_failures,
+        ),
     ] {
         gauge(
             &mut out,
@@ -141,6 +220,7 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
             value.load(Ordering::Relaxed) as f64,
         );
     }
+    notification_metrics(&mut out, &state.dispatch);
     gauge(
         &mut out,
         "triptrip_replication_lag_seconds",

@@ -14,6 +14,8 @@ use deadpool_postgres::Pool;
 use serde_json::json;
 
 use crate::gateway::Gateway;
+use crate::notify::dispatch::DispatchStats;
+use crate::outbox::OutboxStats;
 use crate::wal::WalStatus;
 
 /// Shared by the operator endpoints.
@@ -23,6 +25,8 @@ pub struct OpsState {
     pub wal: Arc<WalStatus>,
     pub slot: String,
     pub gateway: Arc<Gateway>,
+    pub dispatch: Arc<DispatchStats>,
+    pub outbox: Arc<OutboxStats>,
 }
 
 pub fn router(state: OpsState) -> Router {

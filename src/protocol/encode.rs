@@ -60,6 +60,85 @@ pub fn room_message(
     out
 }
 
+/// A stored notification, as a `notification:new` event sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct NotificationEvent<'a> {
+    pub id: i64,
+    pub seq: u64,
+    pub kind: &'a str,
+    pub priority: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    /// The stored JSON text of the payload, embedded without re-parsing.
+    pub payload: &'a str,
+    /// RFC 3339.
+    pub created_at: &'a str,
+    pub expires_at: &'a str,
+    /// RFC 3339, when replayed after the user read or dismissed it.
+    pub read_at: Option<&'a str>,
+    pub dismissed_at: Option<&'a str>,
+}
+
+/// A `notification:new` event (live or replayed), written once per notification.
+pub fn notification_new(n: &NotificationEvent<'_>) -> String {
+    let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let mut out = String::with_capacity(256 + n.title.len() + n.body.len() + n.payload.len());
+    out.push_str(r#"{"type":"notification:new","id":"#);
+    out.push_str(&quoted(&format!("notification:{}", n.id)));
+    out.push_str(r#","timestamp":"#);
+    out.push_str(&quoted(n.created_at));
+    out.push_str(r#","seq":"#);
+    out.push_str(&n.seq.to_string());
+    out.push_str(r#","data":{"id":"#);
+    out.push_str(&n.id.to_string());
+    out.push_str(r#","seq":"#);
+    out.push_str(&n.seq.to_string());
+    for (key, value) in [
+        ("type", n.kind),
+        ("priority", n.priority),
+        ("title", n.title),
+        ("body", n.body),
+    ] {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(&quoted(value));
+    }
+    out.push_str(r#","payload":"#);
+    out.push_str(n.payload);
+    out.push_str(r#","created_at":"#);
+    out.push_str(&quoted(n.created_at));
+    out.push_str(r#","expires_at":"#);
+    out.push_str(&quoted(n.expires_at));
+    for (key, value) in [("read_at", n.read_at), ("dismissed_at", n.dismissed_at)] {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(&value.map_or_else(|| "null".into(), quoted));
+    }
+    out.push_str("}}");
+    out
+}
+
+/// `notification:badge`: the user's unread count changed.
+pub fn notification_badge(unread: i64) -> String {
+    envelope(
+        "notification:badge",
+        &server_id(),
+        json!({ "unread": unread }),
+    )
+}
+
+/// `notification:read` or `notification:dismiss` from the server: another device (or a
+/// service) marked these notifications.
+pub fn notification_marked(action: &str, ids: &[i64]) -> String {
+    envelope(
+        &format!("notification:{action}"),
+        &server_id(),
+        json!({ "ids": ids }),
+    )
+}
+
 /// A `room:broadcast` signal: like a room message but ephemeral, so without a seq.
 pub fn room_broadcast(room: &str, event: &str, payload: &str, sender: &str) -> String {
     let quoted = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());

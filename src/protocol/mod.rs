@@ -10,10 +10,11 @@ mod parse;
 
 pub use encode::{
     ack_error, ack_ok, connected, doc_awareness, doc_closed, doc_sync, doc_update, error_frame,
-    now_rfc3339, pg_timestamp_to_rfc3339, ping, pong, resume_failed, room_broadcast, room_left,
-    room_message, system_reconnect,
+    notification_badge, notification_marked, notification_new, now_rfc3339,
+    pg_timestamp_to_rfc3339, ping, pong, resume_failed, room_broadcast, room_left, room_message,
+    system_reconnect, NotificationEvent,
 };
-pub use parse::{parse_client_frame, ClientFrame, Command, Metadata};
+pub use parse::{parse_client_frame, ClientFrame, Command, MarkAction, Metadata, MAX_MARK_IDS};
 
 /// Longest room name; rooms match `[A-Za-z0-9_.:-]{1,200}` (also enforced by the database).
 pub const MAX_ROOM_LEN: usize = 200;

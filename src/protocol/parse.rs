@@ -66,9 +66,38 @@ pub enum Command {
     DocClose {
         doc: String,
     },
+    /// Streams the user's notifications to this connection; `since` (the last notification
+    /// seq the client saw) replays the missed ones first.
+    NotificationSubscribe {
+        since: Option<u64>,
+    },
+    /// Marks the user's notifications read or dismissed.
+    NotificationMark {
+        ids: Vec<i64>,
+        action: MarkAction,
+    },
     Ping,
     Pong,
 }
+
+/// What `notification:read` and `notification:dismiss` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkAction {
+    Read,
+    Dismiss,
+}
+
+impl MarkAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkAction::Read => "read",
+            MarkAction::Dismiss => "dismiss",
+        }
+    }
+}
+
+/// Most notifications one `notification:read` or `notification:dismiss` may name.
+pub const MAX_MARK_IDS: usize = 1000;
 
 #[derive(Deserialize)]
 struct RawFrame<'a> {
@@ -92,6 +121,28 @@ struct JoinData {
     room: String,
     #[serde(default)]
     since: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeData {
+    #[serde(default)]
+    since: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct MarkData {
+    ids: Vec<i64>,
+}
+
+fn mark(data: &str, action: MarkAction) -> Result<Command, ProtocolError> {
+    let ids = data_as::<MarkData>(data)?.ids;
+    if ids.is_empty() || ids.len() > MAX_MARK_IDS {
+        return Err(ProtocolError::InvalidField {
+            field: "data.ids",
+            why: format!("1 to {MAX_MARK_IDS} notification ids"),
+        });
+    }
+    Ok(Command::NotificationMark { ids, action })
 }
 
 #[derive(Deserialize)]
@@ -205,6 +256,15 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
         "doc:close" => Command::DocClose {
             doc: data_as::<DocData>(data)?.doc()?,
         },
+        "notification:subscribe" => Command::NotificationSubscribe {
+            since: if data == "null" {
+                None
+            } else {
+                data_as::<SubscribeData>(data)?.since
+            },
+        },
+        "notification:read" => mark(data, MarkAction::Read)?,
+        "notification:dismiss" => mark(data, MarkAction::Dismiss)?,
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {
@@ -295,6 +355,29 @@ mod tests {
             Command::Auth { token: "t".into() }
         );
         assert_eq!(
+            parse_client_frame(r#"{"type":"notification:subscribe","data":{"since":4}}"#)
+                .unwrap()
+                .command,
+            Command::NotificationSubscribe { since: Some(4) }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"notification:subscribe"}"#)
+                .unwrap()
+                .command,
+            Command::NotificationSubscribe { since: None }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"notification:dismiss","data":{"ids":[3,9]}}"#)
+                .unwrap()
+                .command,
+            Command::NotificationMark {
+                ids: vec![3, 9],
+                action: MarkAction::Dismiss
+            }
+        );
+        let too_many = serde_json::json!({"type": "notification:read", "data": {"ids": vec![1; MAX_MARK_IDS + 1]}});
+        assert!(parse_client_frame(&too_many.to_string()).is_err());
+        assert_eq!(
             parse_client_frame(r#"{"type":"room:leave","data":{"room":"r"}}"#)
                 .unwrap()
                 .command,
@@ -330,6 +413,19 @@ mod tests {
             ),
             (
                 r#"{"type":"room:message","data":{"room":"r"}}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"type":"notification:read","data":{"ids":[]}}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"type":"notification:read","data":{"ids":["1"]}}"#,
+                "invalid_field",
+            ),
+            (r#"{"type":"notification:dismiss"}"#, "invalid_field"),
+            (
+                r#"{"type":"notification:subscribe","data":{"since":-3}}"#,
                 "invalid_field",
             ),
         ] {

@@ -1,5 +1,5 @@
 //! The replication worker: holds the server's logical slot, streams committed transactions and
-//! hands their room events to the hub.
+//! hands their room events (messages, document updates, notifications) to the hub.
 //!
 //! It confirms a transaction's end LSN to PostgreSQL only after the hub took the transaction,
 //! so after a crash the slot re-sends from the last confirmed position (duplicates, never gaps).
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::docs::Docs;
 use crate::hub::{Frame, Hub};
+use crate::notify::inapp::{self, Receipts};
 use crate::protocol;
 
 mod route;
@@ -60,6 +61,7 @@ pub async fn run(
     slot: &str,
     hub: Arc<Hub>,
     docs: Arc<Docs>,
+    receipts: Arc<Receipts>,
     status: Arc<WalStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -89,7 +91,7 @@ pub async fn run(
             Ok(Event::Change(change)) => {
                 // A burst (one big transaction) outruns the writers: let them drain before
                 // queueing more, rather than cutting clients that do read.
-                if route(&change).is_some_and(|routed| apply(&hub, &docs, routed)) {
+                if route(&change).is_some_and(|routed| apply(&hub, &docs, &receipts, routed)) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -136,7 +138,7 @@ pub async fn run(
 }
 
 /// Hands a routed change to the hub; true if some subscriber's queue is filling up.
-fn apply(hub: &Hub, docs: &Docs, routed: Routed) -> bool {
+fn apply(hub: &Hub, docs: &Docs, receipts: &Receipts, routed: Routed) -> bool {
     match routed {
         Routed::Message { room, seq, frame } => hub.deliver(&room, seq, &frame).pressed,
         Routed::MemberRemoved { room, user } => {
@@ -152,6 +154,23 @@ fn apply(hub: &Hub, docs: &Docs, routed: Routed) -> bool {
             update,
         } => {
             docs.remote(&doc, seq, origin.as_deref(), update);
+            false
+        }
+        Routed::Notification { user, seq, frame } => {
+            let delivered = hub.deliver(&inapp::room(&user), seq, &frame);
+            if delivered.queued > 0 {
+                receipts.reached(&user, seq);
+            }
+            delivered.pressed
+        }
+        Routed::NotificationMarked { user, id, action } => {
+            let frame = Frame::from(protocol::notification_marked(action, &[id]));
+            hub.relay(&inapp::room(&user), 0, &frame);
+            false
+        }
+        Routed::Badge { user, unread } => {
+            let frame = Frame::from(protocol::notification_badge(unread));
+            hub.relay(&inapp::room(&user), 0, &frame);
             false
         }
     }

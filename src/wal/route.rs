@@ -24,6 +24,20 @@ pub enum Routed {
         origin: Option<String>,
         update: Vec<u8>,
     },
+    /// A new notification for a user: an event of their notification log.
+    Notification {
+        user: String,
+        seq: u64,
+        frame: Frame,
+    },
+    /// A user's notification was read or dismissed.
+    NotificationMarked {
+        user: String,
+        id: i64,
+        action: &'static str,
+    },
+    /// A user's unread count changed.
+    Badge { user: String, unread: i64 },
 }
 
 fn column<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a Value> {
@@ -61,6 +75,31 @@ pub fn route(change: &Change) -> Option<Routed> {
                 update: bytea(text(relation, new, "update")?)?,
             })
         }
+        Change::Insert { relation, new } if is(relation, "notifications") => {
+            notification(relation, new)
+        }
+        Change::Update { relation, new, .. } if is(relation, "notifications") => {
+            let action = if text(relation, new, "dismissed_at").is_some() {
+                "dismiss"
+            } else if text(relation, new, "read_at").is_some() {
+                "read"
+            } else {
+                // Joined the feed late (a failed push fell back to in-app).
+                return notification(relation, new);
+            };
+            Some(Routed::NotificationMarked {
+                user: text(relation, new, "user_id")?.to_owned(),
+                id: text(relation, new, "id")?.parse().ok()?,
+                action,
+            })
+        }
+        // The row is inserted with unread 0 and updated in the same transaction.
+        Change::Update { relation, new, .. } if is(relation, "notification_badges") => {
+            Some(Routed::Badge {
+                user: text(relation, new, "user_id")?.to_owned(),
+                unread: text(relation, new, "unread")?.parse().ok()?,
+            })
+        }
         Change::Delete { relation, key, old } if is(relation, "room_members") => {
             let row = old.as_ref().or(key.as_ref())?;
             Some(Routed::MemberRemoved {
@@ -70,6 +109,33 @@ pub fn route(change: &Change) -> Option<Routed> {
         }
         _ => None,
     }
+}
+
+/// A notification row as an event of its user's feed; `None` for one outside the feed (no
+/// seq: not in-app).
+fn notification(relation: &Relation, new: &Tuple) -> Option<Routed> {
+    let user = text(relation, new, "user_id")?;
+    let seq: u64 = text(relation, new, "seq")?.parse().ok()?;
+    let created_at = protocol::pg_timestamp_to_rfc3339(text(relation, new, "created_at")?);
+    let expires_at = protocol::pg_timestamp_to_rfc3339(text(relation, new, "expires_at")?);
+    let frame = protocol::notification_new(&protocol::NotificationEvent {
+        id: text(relation, new, "id")?.parse().ok()?,
+        seq,
+        kind: text(relation, new, "type")?,
+        priority: text(relation, new, "priority")?,
+        title: text(relation, new, "title")?,
+        body: text(relation, new, "body")?,
+        payload: text(relation, new, "payload")?,
+        created_at: &created_at,
+        expires_at: &expires_at,
+        read_at: None,
+        dismissed_at: None,
+    });
+    Some(Routed::Notification {
+        user: user.to_owned(),
+        seq,
+        frame: Frame::from(frame),
+    })
 }
 
 /// PostgreSQL's text form of a `bytea` (`\\x` and hex digits).

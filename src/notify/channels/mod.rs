@@ -7,6 +7,7 @@
 //! disables the address). Retries, claiming and state live in the dispatcher and in SQL.
 
 pub mod apns;
+mod configured;
 pub mod email;
 pub mod fcm;
 pub mod http;
@@ -15,6 +16,8 @@ pub mod webhook;
 pub mod webpush;
 
 use std::time::{Duration, SystemTime};
+
+pub use configured::{ChannelSettings, Channels};
 
 /// How urgent a notification is (seed §5.2); providers map it to their own priority fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
