@@ -55,19 +55,20 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         let (receipts, pool, stopped) = (receipts.clone(), pool.clone(), stop.subscribe());
         tokio::spawn(async move { receipts.run(pool, stopped).await });
     }
+    let channels = Arc::new(
+        Channels::from_settings(&settings.notify.channels).context("notification providers")?,
+    );
     let gateway = Arc::new(Gateway::new(
         hub,
         docs,
         receipts,
+        channels.vapid_public_key().map(str::to_owned),
         Store::new(pool.clone(), settings.gateway.replay_retention_secs),
         verifier,
         settings.gateway.clone(),
     ));
     tokio::spawn(crate::gateway::run_resync(gateway.clone()));
     let dispatch_stats = Arc::new(DispatchStats::default());
-    let channels = Arc::new(
-        Channels::from_settings(&settings.notify.channels).context("notification providers")?,
-    );
     tracing::info!(providers = ?channels.configured(), dispatchers = settings.notify.dispatchers, "notification delivery");
     for _ in 0..settings.notify.dispatchers {
         let dispatcher = Dispatcher::new(

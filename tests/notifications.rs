@@ -761,6 +761,10 @@ async fn preferences_and_devices_over_rest() {
         .await,
         1
     );
+    let (status, body) = http(server.port, "GET", "/api/push/vapid-public-key", None, "")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "no VAPID key configured: {body}");
     let (status, _) = http(server.port, "POST", "/api/push-tokens", None, "{}")
         .await
         .unwrap();

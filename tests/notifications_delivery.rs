@@ -272,6 +272,14 @@ async fn every_channel_delivers_from_a_sql_insert_to_its_provider() {
     assert_eq!(plaintext["title"], "Payment failed");
     assert_eq!(plaintext["body"], body);
     assert_eq!(pushed[0].vapid_subject, "mailto:ops@triptrip.example");
+    // Browsers subscribe with the key the server signs with.
+    let (status, answer) =
+        common::server::http(server.port, "GET", "/api/push/vapid-public-key", None, "")
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let key: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(key["public_key"], pushed[0].vapid_key.as_str());
 
     let mail = providers.smtp.messages();
     assert_eq!(mail.len(), 1);

@@ -63,6 +63,7 @@ pub(super) fn status_for(code: &str) -> StatusCode {
         "frame_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "rate_limited" | "too_many_connections" => StatusCode::TOO_MANY_REQUESTS,
         "draining" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "not_configured" => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,
     }
 }

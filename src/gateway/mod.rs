@@ -50,6 +50,8 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     pub docs: Arc<Docs>,
     pub receipts: Arc<Receipts>,
+    /// What `GET /api/push/vapid-public-key` answers (None: Web Push is not configured).
+    pub vapid_public_key: Option<String>,
     pub store: Store,
     pub verifier: Verifier,
     pub settings: GatewaySettings,
@@ -65,6 +67,7 @@ impl Gateway {
         hub: Arc<Hub>,
         docs: Arc<Docs>,
         receipts: Arc<Receipts>,
+        vapid_public_key: Option<String>,
         store: Store,
         verifier: Verifier,
         settings: GatewaySettings,
@@ -73,6 +76,7 @@ impl Gateway {
             hub,
             docs,
             receipts,
+            vapid_public_key,
             store,
             verifier,
             settings,
@@ -129,6 +133,10 @@ impl Gateway {
                 get(notifications::preferences)
                     .put(notifications::set_preferences)
                     .options(http::preflight),
+            )
+            .route(
+                "/api/push/vapid-public-key",
+                get(notifications::vapid_public_key).options(http::preflight),
             )
             .route(
                 "/api/push-tokens",

@@ -5,7 +5,8 @@
 //! - `POST /api/notifications/read` and `/dismiss` with `{"ids": [...]}`;
 //! - `GET` and `PUT /api/notifications/preferences`: channel and type opt-outs, time zone and
 //!   do-not-disturb window;
-//! - `POST` and `DELETE /api/push-tokens`: register or remove a device.
+//! - `POST` and `DELETE /api/push-tokens`: register or remove a device;
+//! - `GET /api/push/vapid-public-key`: the key browsers subscribe to Web Push with.
 
 use std::sync::Arc;
 
@@ -452,6 +453,19 @@ pub(super) async fn remove_push_token(
         Ok(json!({ "removed": removed }))
     };
     respond(result.await)
+}
+
+/// `GET /api/push/vapid-public-key`: `{"public_key": …}` for `PushManager.subscribe`'s
+/// `applicationServerKey`; 404 when this server has no VAPID key. No token needed: the key is
+/// public.
+pub(super) async fn vapid_public_key(State(gateway): State<Arc<Gateway>>) -> Response {
+    match &gateway.vapid_public_key {
+        Some(key) => Json(json!({ "public_key": key })).into_response(),
+        None => refusal_response(&Refusal::new(
+            "not_configured",
+            "this server has no Web Push key (TRIPTRIP_VAPID_PRIVATE_KEY_FILE)",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -252,4 +252,127 @@ mod tests {
             None
         );
     }
+
+    const NOTIFICATION_COLUMNS: [&str; 14] = [
+        "id",
+        "user_id",
+        "seq",
+        "type",
+        "channels",
+        "priority",
+        "payload",
+        "title",
+        "body",
+        "idempotency_key",
+        "created_at",
+        "expires_at",
+        "read_at",
+        "dismissed_at",
+    ];
+
+    fn notification_row(seq: Value, read_at: Value, dismissed_at: Value) -> Tuple {
+        Tuple(vec![
+            t("1042"),
+            t("alice"),
+            seq,
+            t("booking_confirmed"),
+            t("{in_app}"),
+            t("high"),
+            t(r#"{"booking_id": "BK-1"}"#),
+            t("Booking confirmed"),
+            t("Your booking BK-1 is confirmed."),
+            Value::Null,
+            t("2026-11-28 10:00:00.5+00"),
+            t("2026-12-05 10:00:00.5+00"),
+            read_at,
+            dismissed_at,
+        ])
+    }
+
+    #[test]
+    fn notifications_in_the_feed_become_frames_of_their_users_log() {
+        let rel = relation("notifications", &NOTIFICATION_COLUMNS);
+        let new = notification_row(t("44"), Value::Null, Value::Null);
+        let Some(Routed::Notification { user, seq, frame }) = route(&Change::Insert {
+            relation: rel.clone(),
+            new: new.clone(),
+        }) else {
+            panic!("not routed");
+        };
+        assert_eq!((user.as_str(), seq), ("alice", 44));
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(v["type"], "notification:new");
+        assert_eq!(v["data"]["id"], 1042);
+        assert_eq!(v["data"]["payload"]["booking_id"], "BK-1");
+        assert_eq!(v["data"]["created_at"], "2026-11-28T10:00:00.5+00:00");
+        // Outside the feed (no seq): nothing for clients.
+        let outside = notification_row(Value::Null, Value::Null, Value::Null);
+        assert_eq!(
+            route(&Change::Insert {
+                relation: rel.clone(),
+                new: outside
+            }),
+            None
+        );
+        // An update that gave it a seq (push fell back to in-app) is a new feed event.
+        let update = |new| Change::Update {
+            relation: rel.clone(),
+            key: None,
+            old: None,
+            new,
+        };
+        assert!(matches!(
+            route(&update(new)),
+            Some(Routed::Notification { seq: 44, .. })
+        ));
+        assert_eq!(
+            route(&update(notification_row(
+                t("44"),
+                t("2026-11-28 11:00:00+00"),
+                Value::Null
+            ))),
+            Some(Routed::NotificationMarked {
+                user: "alice".into(),
+                id: 1042,
+                action: "read"
+            })
+        );
+        assert_eq!(
+            route(&update(notification_row(
+                t("44"),
+                t("2026-11-28 11:00:00+00"),
+                t("2026-11-28 12:00:00+00")
+            ))),
+            Some(Routed::NotificationMarked {
+                user: "alice".into(),
+                id: 1042,
+                action: "dismiss"
+            })
+        );
+    }
+
+    #[test]
+    fn badge_updates_are_routed_and_its_first_insert_is_not() {
+        let rel = relation("notification_badges", &["user_id", "last_seq", "unread"]);
+        let row = Tuple(vec![t("alice"), t("3"), t("2")]);
+        assert_eq!(
+            route(&Change::Update {
+                relation: rel.clone(),
+                key: None,
+                old: None,
+                new: row.clone()
+            }),
+            Some(Routed::Badge {
+                user: "alice".into(),
+                unread: 2
+            })
+        );
+        assert_eq!(
+            route(&Change::Insert {
+                relation: rel,
+                new: row
+            }),
+            None
+        );
+    }
 }

@@ -48,6 +48,14 @@ impl Channels {
         })
     }
 
+    /// The VAPID public key browsers subscribe with (`applicationServerKey`), when Web Push is
+    /// configured.
+    pub fn vapid_public_key(&self) -> Option<&str> {
+        self.webpush
+            .as_ref()
+            .map(WebPushProvider::application_server_key)
+    }
+
     /// Which providers are configured, for the startup log.
     pub fn configured(&self) -> Vec<&'static str> {
         [
