@@ -2,6 +2,7 @@
 //! logical replication into rooms and out to clients.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod auth;
 pub mod config;
 pub mod db;

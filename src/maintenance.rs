@@ -3,7 +3,7 @@
 //! when a history retention is configured, old partitions dropped; document versions older than
 //! 90 days pruned (each document keeps its latest); notifications and delivery history older
 //! than 90 days, notification idempotency keys older than 24 hours, and outbox events older
-//! than 7 days that every subscription received, pruned.
+//! than 7 days that every subscription received, and activities older than a year, pruned.
 
 use std::time::Duration;
 
@@ -70,8 +70,18 @@ pub async fn once(
         .query_one("SELECT realtime.prune_outbox()", &[])
         .await?
         .get(0);
+    let activities: i64 = client
+        .query_one("SELECT realtime.prune_activities()", &[])
+        .await?
+        .get(0);
     client.commit().await?;
-    if created + dropped > 0 || pruned > 0 || versions > 0 || notifications > 0 || outbox > 0 {
+    if created + dropped > 0
+        || pruned > 0
+        || versions > 0
+        || notifications > 0
+        || outbox > 0
+        || activities > 0
+    {
         tracing::info!(
             created,
             pruned,
@@ -79,7 +89,8 @@ pub async fn once(
             versions,
             notifications,
             outbox,
-            "message log, document, notification and outbox upkeep"
+            activities,
+            "message log, document, notification, outbox and activity upkeep"
         );
     }
     Ok((created, pruned, dropped))

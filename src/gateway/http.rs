@@ -20,6 +20,8 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -98,6 +100,18 @@ pub(super) fn authenticate(
         .verifier
         .verify(&token)
         .map_err(|e| Refusal::new(e.code(), e.to_string()))
+}
+
+/// A keyset cursor: `(created_at, id)` of the last row of a page, opaque to clients.
+pub(super) fn encode_cursor(created_at: &str, id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
+}
+
+pub(super) fn decode_cursor(cursor: &str) -> Option<(String, i64)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (created_at, id) = text.rsplit_once('|')?;
+    time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((created_at.to_owned(), id.parse().ok()?))
 }
 
 /// A room a client asks for, and the last seq it has seen there (`None`: from now).
@@ -494,6 +508,23 @@ pub(super) async fn preflight() -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyset_cursors_round_trip_and_garbage_is_refused() {
+        let cursor = encode_cursor("2026-11-29T01:02:03.456789+00:00", 42);
+        assert_eq!(
+            decode_cursor(&cursor),
+            Some(("2026-11-29T01:02:03.456789+00:00".to_owned(), 42))
+        );
+        for bad in [
+            "",
+            "!!",
+            "bm90IGEgY3Vyc29y",
+            &URL_SAFE_NO_PAD.encode("yesterday|1"),
+        ] {
+            assert_eq!(decode_cursor(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn cursors_parse_and_refuse_with_clear_messages() {

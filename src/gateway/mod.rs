@@ -5,6 +5,7 @@
 //! re-checked when its membership row is deleted. Limits (frame size, rooms, publish rate,
 //! connections per user, queue bytes) answer with documented error codes.
 
+mod activity;
 mod docs;
 mod http;
 mod notifications;
@@ -119,6 +120,10 @@ impl Gateway {
             .route(
                 "/api/notifications",
                 get(notifications::list).options(http::preflight),
+            )
+            .route(
+                "/api/activity",
+                get(activity::feed).options(http::preflight),
             )
             .route(
                 "/api/notifications/read",

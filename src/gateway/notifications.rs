@@ -15,14 +15,12 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 
-use super::http::{authenticate, invalid, refusal_response};
+use super::http::{authenticate, decode_cursor, encode_cursor, invalid, refusal_response};
 use super::{Gateway, Refusal};
 use crate::protocol::{MarkAction, MAX_MARK_IDS};
 
@@ -117,18 +115,6 @@ fn respond(result: Result<Value, Refusal>) -> Response {
         Ok(value) => Json(value).into_response(),
         Err(refusal) => refusal_response(&refusal),
     }
-}
-
-/// `(created_at, id)` of the last row of a page, opaque to clients.
-fn encode_cursor(created_at: &str, id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{created_at}|{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<(String, i64)> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
-    let (created_at, id) = text.rsplit_once('|')?;
-    time::OffsetDateTime::parse(created_at, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((created_at.to_owned(), id.parse().ok()?))
 }
 
 /// `GET /api/notifications`: one page, newest first, without dismissed notifications.
@@ -465,27 +451,5 @@ pub(super) async fn vapid_public_key(State(gateway): State<Arc<Gateway>>) -> Res
             "not_configured",
             "this server has no Web Push key (TRIPTRIP_VAPID_PRIVATE_KEY_FILE)",
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = encode_cursor("2026-11-29T01:02:03.456789+00:00", 42);
-        assert_eq!(
-            decode_cursor(&cursor),
-            Some(("2026-11-29T01:02:03.456789+00:00".to_owned(), 42))
-        );
-        for bad in [
-            "",
-            "!!",
-            "bm90IGEgY3Vyc29y",
-            &URL_SAFE_NO_PAD.encode("yesterday|1"),
-        ] {
-            assert_eq!(decode_cursor(bad), None, "{bad}");
-        }
     }
 }

@@ -18,6 +18,7 @@ use yrs::StateVector;
 
 use super::replay::{replay, Replayed};
 use super::Gateway;
+use crate::activity;
 use crate::auth::Claims;
 use crate::docs::{self, DocHandle, Peer};
 use crate::hub::{Frame, Outbox, Subscription};
@@ -53,6 +54,8 @@ pub struct Session {
     docs: HashMap<String, (Arc<DocHandle>, bool)>,
     /// The user's notification log, once `notification:subscribe` was sent.
     notifications: Option<Arc<Subscription>>,
+    /// Activity rooms, from the last `activity:subscribe`.
+    activity: Vec<Arc<Subscription>>,
     bucket: TokenBucket,
 }
 
@@ -72,6 +75,7 @@ impl Session {
             rooms: HashMap::new(),
             docs: HashMap::new(),
             notifications: None,
+            activity: Vec::new(),
             bucket: TokenBucket::new(rate, rate * 2.0),
         }
     }
@@ -121,6 +125,7 @@ impl Session {
             Command::NotificationSubscribe { since } => {
                 self.notifications_subscribe(since, id.as_deref()).await
             }
+            Command::ActivitySubscribe { rooms } => self.activity_subscribe(&rooms).await,
             Command::NotificationMark { ids, action } => {
                 self.notifications_mark(&ids, action).await
             }
@@ -275,6 +280,49 @@ impl Session {
             self.send(protocol::notification_badge(unread));
         }
         Ok(None)
+    }
+
+    /// `activity:subscribe`: replaces this connection's activity subscriptions with the user's
+    /// own activities, the public ones of whom they follow, and those of `rooms` (each checked
+    /// like a join). Acknowledged with what it subscribed to.
+    async fn activity_subscribe(
+        &mut self,
+        rooms: &[String],
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        for room in rooms {
+            self.check_join(room).await?;
+        }
+        let followees = self
+            .gateway
+            .store
+            .followees(&self.claims.user, activity::MAX_FOLLOWEES)
+            .await
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        for sub in self.activity.drain(..) {
+            self.gateway.hub.unsubscribe(&sub);
+        }
+        let user = Arc::<str>::from(self.claims.user.as_str());
+        // Room streams end when the membership that granted them is deleted; the others are
+        // the user's own or public.
+        let hub_rooms = std::iter::once((activity::user_room(&user), true))
+            .chain(
+                rooms
+                    .iter()
+                    .map(|r| (activity::room_room(r), self.claims.rooms.allows(r))),
+            )
+            .chain(followees.iter().map(|f| (activity::author_room(f), true)));
+        for (hub_room, by_token) in hub_rooms {
+            let sub = self.gateway.hub.subscribe(
+                &hub_room,
+                self.conn_id,
+                user.clone(),
+                self.outbox.clone(),
+                by_token,
+            );
+            sub.go_live(0);
+            self.activity.push(sub);
+        }
+        Ok(Some(json!({ "rooms": rooms, "following": followees })))
     }
 
     /// `notification:read` / `notification:dismiss`: marks the user's own notifications (ids
@@ -435,7 +483,13 @@ impl Session {
 
     /// Leaves every room; called once when the connection ends.
     pub fn close(&mut self) {
-        for sub in self.rooms.values().chain(self.notifications.iter()) {
+        let activity = self.activity.drain(..).collect::<Vec<_>>();
+        for sub in self
+            .rooms
+            .values()
+            .chain(self.notifications.iter())
+            .chain(activity.iter())
+        {
             self.gateway.hub.unsubscribe(sub);
         }
         self.notifications = None;

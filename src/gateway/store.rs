@@ -196,6 +196,19 @@ impl Store {
         Ok(ReplayPage { frames, contiguous })
     }
 
+    /// Whom `user` follows (at most `limit`), for live activities.
+    pub async fn followees(&self, user: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT followee_id FROM realtime.follows WHERE follower_id = $1 \
+                 ORDER BY created_at DESC LIMIT $2",
+                &[&user, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The user's unread notifications (0 for a user who never had one).
     pub async fn unread(&self, user: &str) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;

@@ -76,6 +76,11 @@ pub enum Command {
         ids: Vec<i64>,
         action: MarkAction,
     },
+    /// Streams the activities this connection may see: the user's own, their followees'
+    /// public ones, and those of `rooms`.
+    ActivitySubscribe {
+        rooms: Vec<String>,
+    },
     Ping,
     Pong,
 }
@@ -143,6 +148,28 @@ fn mark(data: &str, action: MarkAction) -> Result<Command, ProtocolError> {
         });
     }
     Ok(Command::NotificationMark { ids, action })
+}
+
+#[derive(Deserialize)]
+struct ActivityData {
+    #[serde(default)]
+    rooms: Vec<String>,
+}
+
+fn activity_subscribe(data: &str) -> Result<Command, ProtocolError> {
+    let rooms = if data == "null" {
+        Vec::new()
+    } else {
+        data_as::<ActivityData>(data)?.rooms
+    };
+    if rooms.len() > crate::activity::MAX_ROOMS {
+        return Err(ProtocolError::InvalidField {
+            field: "data.rooms",
+            why: format!("at most {} rooms", crate::activity::MAX_ROOMS),
+        });
+    }
+    let rooms = rooms.into_iter().map(room).collect::<Result<_, _>>()?;
+    Ok(Command::ActivitySubscribe { rooms })
 }
 
 #[derive(Deserialize)]
@@ -264,6 +291,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
             },
         },
         "notification:read" => mark(data, MarkAction::Read)?,
+        "activity:subscribe" => activity_subscribe(data)?,
         "notification:dismiss" => mark(data, MarkAction::Dismiss)?,
         "ping" => Command::Ping,
         "pong" => Command::Pong,
@@ -424,6 +452,14 @@ mod tests {
                 "invalid_field",
             ),
             (r#"{"type":"notification:dismiss"}"#, "invalid_field"),
+            (
+                r#"{"type":"activity:subscribe","data":{"rooms":["bad room"]}}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"type":"activity:subscribe","data":{"rooms":"trip:1"}}"#,
+                "invalid_field",
+            ),
             (
                 r#"{"type":"notification:subscribe","data":{"since":-3}}"#,
                 "invalid_field",

@@ -144,6 +144,7 @@ fn apply(hub: &Hub, docs: &Docs, receipts: &Receipts, routed: Routed) -> bool {
         Routed::MemberRemoved { room, user } => {
             let notice = Frame::from(protocol::room_left(&room, "membership_revoked"));
             hub.revoke(&room, &user, &notice);
+            hub.revoke(&crate::activity::room_room(&room), &user, &notice);
             docs.revoke(&room, &user);
             false
         }
@@ -166,6 +167,13 @@ fn apply(hub: &Hub, docs: &Docs, receipts: &Receipts, routed: Routed) -> bool {
         Routed::NotificationMarked { user, id, action } => {
             let frame = Frame::from(protocol::notification_marked(action, &[id]));
             hub.relay(&inapp::room(&user), 0, &frame);
+            false
+        }
+        Routed::Activity(activity) => {
+            let frame = Frame::from(activity.frame);
+            for room in &activity.rooms {
+                hub.relay(room, 0, &frame);
+            }
             false
         }
         Routed::Badge { user, unread } => {

@@ -38,6 +38,8 @@ pub enum Routed {
     },
     /// A user's unread count changed.
     Badge { user: String, unread: i64 },
+    /// A recorded activity, for the hub rooms of its audience.
+    Activity(crate::activity::Routed),
 }
 
 fn column<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a Value> {
@@ -74,6 +76,9 @@ pub fn route(change: &Change) -> Option<Routed> {
                 origin: text(relation, new, "origin").map(str::to_owned),
                 update: bytea(text(relation, new, "update")?)?,
             })
+        }
+        Change::Insert { relation, new } if is(relation, "activities") => {
+            crate::activity::route(relation, new).map(Routed::Activity)
         }
         Change::Insert { relation, new } if is(relation, "notifications") => {
             notification(relation, new)
