@@ -126,12 +126,8 @@ impl Gateway {
                 get(activity::feed).options(http::preflight),
             )
             .route(
-                "/api/notifications/read",
-                post(notifications::read).options(http::preflight),
-            )
-            .route(
-                "/api/notifications/dismiss",
-                post(notifications::dismiss).options(http::preflight),
+                "/api/notifications/{action}",
+                post(notifications::mark_action).options(http::preflight),
             )
             .route(
                 "/api/notifications/preferences",

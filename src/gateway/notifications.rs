@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -216,42 +216,20 @@ async fn mark(
     Ok(json!({ "changed": changed }))
 }
 
-/// `POST /api/notifications/read`.
-pub(super) async fn read(
+/// `POST /api/notifications/read` and `POST /api/notifications/dismiss`.
+pub(super) async fn mark_action(
     State(gateway): State<Arc<Gateway>>,
+    Path(action): Path<String>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Response {
-    respond(
-        mark(
-            &gateway,
-            query.token.as_deref(),
-            &headers,
-            &bytes,
-            MarkAction::Read,
-        )
-        .await,
-    )
-}
-
-/// `POST /api/notifications/dismiss`.
-pub(super) async fn dismiss(
-    State(gateway): State<Arc<Gateway>>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
-    respond(
-        mark(
-            &gateway,
-            query.token.as_deref(),
-            &headers,
-            &bytes,
-            MarkAction::Dismiss,
-        )
-        .await,
-    )
+    let action = match action.as_str() {
+        "read" => MarkAction::Read,
+        "dismiss" => MarkAction::Dismiss,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    respond(mark(&gateway, query.token.as_deref(), &headers, &bytes, action).await)
 }
 
 /// `GET /api/notifications/preferences`.

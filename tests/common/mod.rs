@@ -9,6 +9,19 @@ use pgcluster::Cluster;
 use replication::{Change, ConnectConfig, Event, ReplicationStream, StreamConfig};
 use tokio_postgres::{Client, NoTls};
 
+/// Runs each statement and asserts it fails with an error whose message (or constraint name)
+/// contains the expected text.
+pub async fn assert_refused(sql: &Client, cases: &[(&str, &str)]) {
+    for (statement, expected) in cases {
+        let err = sql.batch_execute(statement).await.expect_err(statement);
+        let message = err
+            .as_db_error()
+            .map(|d| format!("{} {}", d.message(), d.constraint().unwrap_or("")))
+            .unwrap_or_else(|| err.to_string());
+        assert!(message.contains(expected), "{statement}: {message}");
+    }
+}
+
 pub async fn sql_client(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
     tokio::spawn(async move {
