@@ -9,6 +9,7 @@ pub mod db;
 pub mod docs;
 pub mod gateway;
 pub mod hub;
+pub mod inventory;
 pub mod maintenance;
 pub mod migrate;
 pub mod notify;

@@ -14,6 +14,7 @@ use crate::docs::Docs;
 use crate::gateway::store::Store;
 use crate::gateway::Gateway;
 use crate::hub::Hub;
+use crate::inventory::Inventory;
 use crate::notify::channels::webhook::WebhookSender;
 use crate::notify::channels::Channels;
 use crate::notify::dispatch::{DispatchStats, Dispatcher, SystemClock};
@@ -41,15 +42,16 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
     let hub = Arc::new(Hub::default());
     let docs = Arc::new(Docs::new(pool.clone(), settings.docs.clone()));
     let receipts = Arc::new(Receipts::default());
+    let inventory = Arc::new(Inventory::new(hub.clone(), pool.clone()));
     let status = Arc::new(WalStatus::default());
     let (stop, stopped) = watch::channel(false);
     let worker = {
         let (url, slot) = (url.to_owned(), settings.slot.clone());
         let (hub, docs, status) = (hub.clone(), docs.clone(), status.clone());
-        let receipts = receipts.clone();
-        tokio::spawn(
-            async move { wal::run(&url, &slot, hub, docs, receipts, status, stopped).await },
-        )
+        let (receipts, inventory) = (receipts.clone(), inventory.clone());
+        tokio::spawn(async move {
+            wal::run(&url, &slot, hub, docs, receipts, inventory, status, stopped).await
+        })
     };
     {
         let (receipts, pool, stopped) = (receipts.clone(), pool.clone(), stop.subscribe());
@@ -62,6 +64,7 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         hub,
         docs,
         receipts,
+        inventory,
         channels.vapid_public_key().map(str::to_owned),
         Store::new(pool.clone(), settings.gateway.replay_retention_secs),
         verifier,

@@ -35,6 +35,7 @@ use store::Store;
 use crate::auth::Verifier;
 use crate::docs::Docs;
 use crate::hub::{CloseReason, Frame, Hub, Outbox};
+use crate::inventory::Inventory;
 use crate::notify::inapp::Receipts;
 use crate::protocol;
 
@@ -51,6 +52,7 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     pub docs: Arc<Docs>,
     pub receipts: Arc<Receipts>,
+    pub inventory: Arc<Inventory>,
     /// What `GET /api/push/vapid-public-key` answers (None: Web Push is not configured).
     pub vapid_public_key: Option<String>,
     pub store: Store,
@@ -64,10 +66,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Arc<Hub>,
         docs: Arc<Docs>,
         receipts: Arc<Receipts>,
+        inventory: Arc<Inventory>,
         vapid_public_key: Option<String>,
         store: Store,
         verifier: Verifier,
@@ -77,6 +81,7 @@ impl Gateway {
             hub,
             docs,
             receipts,
+            inventory,
             vapid_public_key,
             store,
             verifier,
@@ -126,6 +131,18 @@ impl Gateway {
                 get(activity::feed).options(http::preflight),
             )
             .route(
+                "/api/inventory",
+                get(crate::inventory::list_resources).options(http::preflight),
+            )
+            .route(
+                "/api/inventory/{resource_id}",
+                get(crate::inventory::get_resource).options(http::preflight),
+            )
+            .route(
+                "/api/reservations",
+                get(crate::inventory::list_reservations).options(http::preflight),
+            )
+            .route(
                 "/api/notifications/{action}",
                 post(notifications::mark_action).options(http::preflight),
             )
@@ -155,6 +172,15 @@ impl Gateway {
             .route("/yjs/{doc}", get(yjs::upgrade))
             .merge(over_http)
             .with_state(self.clone())
+    }
+
+    /// The caller of an HTTP request (`?token=` or `Authorization: Bearer`), verified.
+    pub fn authenticate(
+        &self,
+        query_token: Option<&str>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<crate::auth::Claims, Refusal> {
+        http::authenticate(self, query_token, headers)
     }
 
     /// Open connections, all transports.

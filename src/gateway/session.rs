@@ -22,6 +22,7 @@ use crate::activity;
 use crate::auth::Claims;
 use crate::docs::{self, DocHandle, Peer};
 use crate::hub::{Frame, Outbox, Subscription};
+use crate::inventory::{self, InventoryCommand, Watching};
 use crate::notify::inapp;
 use crate::protocol::{self, ClientFrame, Command, MarkAction};
 
@@ -56,6 +57,8 @@ pub struct Session {
     notifications: Option<Arc<Subscription>>,
     /// Activity rooms, from the last `activity:subscribe`.
     activity: Vec<Arc<Subscription>>,
+    /// Watched resources, and the user's reservation outcomes.
+    inventory: Watching,
     bucket: TokenBucket,
 }
 
@@ -67,6 +70,13 @@ impl Session {
         conn_id: u64,
     ) -> Session {
         let rate = f64::from(gateway.settings.publish_rate.max(1));
+        // A connection (the publish endpoint's one-shot session has id 0) hears of its user's
+        // reservations and bookings from the start.
+        let inventory = if conn_id == 0 {
+            Watching::default()
+        } else {
+            Watching::start(&gateway.inventory, conn_id, &claims.user, &outbox)
+        };
         Session {
             conn_id,
             claims,
@@ -76,6 +86,7 @@ impl Session {
             docs: HashMap::new(),
             notifications: None,
             activity: Vec::new(),
+            inventory,
             bucket: TokenBucket::new(rate, rate * 2.0),
         }
     }
@@ -126,6 +137,7 @@ impl Session {
                 self.notifications_subscribe(since, id.as_deref()).await
             }
             Command::ActivitySubscribe { rooms } => self.activity_subscribe(&rooms).await,
+            Command::Inventory(command) => self.inventory(command, id.as_deref()).await,
             Command::NotificationMark { ids, action } => {
                 self.notifications_mark(&ids, action).await
             }
@@ -468,6 +480,27 @@ impl Session {
         Ok(Some(json!({ "room": room, "delivered": delivered })))
     }
 
+    /// `inventory:*`; reserving and releasing count against the publish rate.
+    async fn inventory(
+        &mut self,
+        command: InventoryCommand,
+        id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        if command.writes() {
+            self.take_token()?;
+        }
+        let cx = inventory::Context {
+            conn_id: self.conn_id,
+            user: &self.claims.user,
+            outbox: &self.outbox,
+            max_resources: self.gateway.settings.max_rooms_per_connection,
+            id,
+        };
+        self.inventory
+            .handle(&self.gateway.inventory, cx, command)
+            .await
+    }
+
     fn take_token(&mut self) -> Result<(), Refusal> {
         if self.bucket.take(Instant::now()) {
             return Ok(());
@@ -494,6 +527,7 @@ impl Session {
         }
         self.notifications = None;
         self.rooms.clear();
+        self.inventory.close(&self.gateway.inventory);
         for (handle, _) in self.docs.values() {
             handle.leave(self.conn_id);
         }

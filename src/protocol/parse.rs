@@ -81,6 +81,8 @@ pub enum Command {
     ActivitySubscribe {
         rooms: Vec<String>,
     },
+    /// `inventory:*`: live inventory and reservations (see [`crate::inventory`]).
+    Inventory(crate::inventory::InventoryCommand),
     Ping,
     Pong,
 }
@@ -293,6 +295,12 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
         "notification:read" => mark(data, MarkAction::Read)?,
         "activity:subscribe" => activity_subscribe(data)?,
         "notification:dismiss" => mark(data, MarkAction::Dismiss)?,
+        "inventory:subscribe"
+        | "inventory:unsubscribe"
+        | "inventory:reserve"
+        | "inventory:release" => {
+            Command::Inventory(crate::inventory::parse_command(raw.kind.as_str(), data)?)
+        }
         "ping" => Command::Ping,
         "pong" => Command::Pong,
         other => {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::docs::Docs;
 use crate::hub::{Frame, Hub};
+use crate::inventory::Inventory;
 use crate::notify::inapp::{self, Receipts};
 use crate::protocol;
 
@@ -56,12 +57,14 @@ impl WalStatus {
 
 /// Streams from `slot` until `shutdown` flips to true, then reports the confirmed position
 /// and closes the stream cleanly.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     database_url: &str,
     slot: &str,
     hub: Arc<Hub>,
     docs: Arc<Docs>,
     receipts: Arc<Receipts>,
+    inventory: Arc<Inventory>,
     status: Arc<WalStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -91,7 +94,9 @@ pub async fn run(
             Ok(Event::Change(change)) => {
                 // A burst (one big transaction) outruns the writers: let them drain before
                 // queueing more, rather than cutting clients that do read.
-                if route(&change).is_some_and(|routed| apply(&hub, &docs, &receipts, routed)) {
+                if route(&change)
+                    .is_some_and(|routed| apply(&hub, &docs, &receipts, &inventory, routed))
+                {
                     tokio::task::yield_now().await;
                 }
             }
@@ -106,6 +111,7 @@ pub async fn run(
             Ok(Event::Reconnected { slot_created, .. }) => {
                 status.streaming.store(true, Ordering::Relaxed);
                 if slot_created {
+                    inventory.resync();
                     let queued = hub.resync_all();
                     tracing::warn!(
                         slot,
@@ -138,7 +144,13 @@ pub async fn run(
 }
 
 /// Hands a routed change to the hub; true if some subscriber's queue is filling up.
-fn apply(hub: &Hub, docs: &Docs, receipts: &Receipts, routed: Routed) -> bool {
+fn apply(
+    hub: &Hub,
+    docs: &Docs,
+    receipts: &Receipts,
+    inventory: &Inventory,
+    routed: Routed,
+) -> bool {
     match routed {
         Routed::Message { room, seq, frame } => hub.deliver(&room, seq, &frame).pressed,
         Routed::MemberRemoved { room, user } => {
@@ -179,6 +191,10 @@ fn apply(hub: &Hub, docs: &Docs, receipts: &Receipts, routed: Routed) -> bool {
         Routed::Badge { user, unread } => {
             let frame = Frame::from(protocol::notification_badge(unread));
             hub.relay(&inapp::room(&user), 0, &frame);
+            false
+        }
+        Routed::Inventory(routed) => {
+            inventory.apply(routed);
             false
         }
     }

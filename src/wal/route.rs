@@ -40,6 +40,8 @@ pub enum Routed {
     Badge { user: String, unread: i64 },
     /// A recorded activity, for the hub rooms of its audience.
     Activity(crate::activity::Routed),
+    /// An inventory state, reservation outcome or booking status.
+    Inventory(crate::inventory::Routed),
 }
 
 fn column<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a Value> {
@@ -55,6 +57,13 @@ fn text<'a>(relation: &Relation, tuple: &'a Tuple, name: &str) -> Option<&'a str
 /// `None` (the tables stay the source of truth either way).
 pub fn route(change: &Change) -> Option<Routed> {
     match change {
+        Change::Insert { relation, .. }
+        | Change::Update { relation, .. }
+        | Change::Delete { relation, .. }
+            if crate::inventory::streams(relation) =>
+        {
+            crate::inventory::route(change).map(Routed::Inventory)
+        }
         Change::Insert { relation, new } if is(relation, "messages") => {
             let room = text(relation, new, "room")?;
             let seq: u64 = text(relation, new, "seq")?.parse().ok()?;
