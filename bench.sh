@@ -4,7 +4,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
-BENCHMARKS="replication e2e fanout crdt"
+BENCHMARKS="replication e2e fanout crdt inventory"
 
 usage() {
     cat >&2 <<USAGE
@@ -21,6 +21,9 @@ Benchmarks:
   crdt          100 editors and one observer on one Yjs document over a ladder of edit rates,
                 ours (every update committed to PostgreSQL before it is relayed) vs Hocuspocus 4
                 on Node 22 (both installed with npm on first use); ends with a RESULT line
+  inventory     live inventory: 64 SQL reservers racing for 4 resources (reservations/s, no
+                oversell), then 1,000 resources x 10 WebSocket subscribers with 1,000 SQL
+                updates/s (update-to-subscriber latency, loss); ends with a RESULT line
 USAGE
 }
 
@@ -84,6 +87,12 @@ case "$1" in
         . scripts/ensure-postgres.sh
         ensure_hocuspocus
         exec cargo bench --quiet --bench crdt
+        ;;
+    inventory)
+        . scripts/ensure-postgres.sh
+        raise_open_files
+        # Builds the server's release binary too; the bench starts it as its own process.
+        exec cargo bench --quiet --bench inventory
         ;;
     -h|--help|help)
         usage

@@ -96,6 +96,8 @@ async fn a_backend_update_reaches_every_subscriber_of_that_resource_and_no_one_e
     }
     subscribe(&mut carol, &["hotel:2"]).await;
     assert_eq!(update(&mut carol).await["resource_id"], "hotel:2");
+    let metrics = common::server::metrics(server.port).await;
+    assert_eq!(metrics["triptrip_inventory_watched_resources"], 2.0);
 
     // A rolled-back change is never delivered; a committed one reaches both subscribers.
     sql.batch_execute(
@@ -309,6 +311,62 @@ async fn two_hundred_concurrent_reservers_for_ten_units_exactly_ten_win_and_ever
             assert_eq!(data["alternatives"].as_array().unwrap().len(), 3);
         }
     }
+}
+
+/// Waits until `n` backends wait for a lock while calling `realtime.reserve`.
+async fn lock_waiters(sql: &Sql, n: i64) {
+    for _ in 0..400 {
+        let waiting = one(
+            sql,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%realtime.reserve(%'",
+        )
+        .await;
+        if waiting == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{n} reservers never queued on the lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservers_are_served_in_the_order_they_reached_the_lock() {
+    let (cluster, _server, sql) = setup_with("100", &[]).await;
+    seed(&sql, &[("seat:1", "ticket", 2, 2, "50", "EUR")]).await;
+    // A reservation holds the row until its transaction ends.
+    let holder = common::sql_client(&cluster.url("postgres")).await;
+    holder
+        .batch_execute("BEGIN; SELECT realtime.reserve('seat:1', 'first', 1);")
+        .await
+        .unwrap();
+    let mut queued = Vec::new();
+    for (n, user) in ["second", "third", "fourth"].into_iter().enumerate() {
+        let connection = common::sql_client(&cluster.url("postgres")).await;
+        queued.push(tokio::spawn(async move {
+            let outcome: Value = connection
+                .query_one("SELECT realtime.reserve('seat:1', $1, 1)", &[&user])
+                .await
+                .unwrap()
+                .get(0);
+            (user, outcome["status"].as_str().unwrap().to_owned())
+        }));
+        lock_waiters(&sql, n as i64 + 1).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut outcomes = Vec::new();
+    for task in queued {
+        outcomes.push(task.await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        [
+            ("second", "confirmed".to_owned()),
+            ("third", "rejected".to_owned()),
+            ("fourth", "rejected".to_owned())
+        ],
+        "the one unit left goes to the first in line"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,13 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
         "gauge",
         gw.hub.rooms() as f64,
     );
+    gauge(
+        &mut out,
+        "triptrip_inventory_watched_resources",
+        "Inventory resources with at least one subscriber on this node.",
+        "gauge",
+        gw.inventory.watched() as f64,
+    );
     for (name, help, value) in [
         (
             "triptrip_replication_reconnects_total",
