@@ -76,4 +76,6 @@ pub struct Settings {
     pub docs: crate::docs::DocSettings,
     #[command(flatten)]
     pub notify: crate::notify::NotifySettings,
+    #[command(flatten)]
+    pub presence: crate::presence::PresenceSettings,
 }

@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod notify;
 pub mod ops;
 pub mod outbox;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod wal;

@@ -21,6 +21,7 @@ use crate::notify::dispatch::{DispatchStats, Dispatcher, SystemClock};
 use crate::notify::inapp::Receipts;
 use crate::ops::{self, OpsState};
 use crate::outbox::{OutboxStats, Relay};
+use crate::presence::Presence;
 use crate::wal::{self, WalStatus};
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -42,21 +43,35 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
     let hub = Arc::new(Hub::default());
     let docs = Arc::new(Docs::new(pool.clone(), settings.docs.clone()));
     let receipts = Arc::new(Receipts::default());
+    let presence = Arc::new(Presence::new(
+        hub.clone(),
+        pool.clone(),
+        settings.presence.clone(),
+    ));
+    presence
+        .start()
+        .await
+        .context("registering this node's presence")?;
     let inventory = Arc::new(Inventory::new(hub.clone(), pool.clone()));
     let status = Arc::new(WalStatus::default());
     let (stop, stopped) = watch::channel(false);
     let worker = {
         let (url, slot) = (url.to_owned(), settings.slot.clone());
         let (hub, docs, status) = (hub.clone(), docs.clone(), status.clone());
+        let presence = presence.clone();
         let (receipts, inventory) = (receipts.clone(), inventory.clone());
         tokio::spawn(async move {
-            wal::run(&url, &slot, hub, docs, receipts, inventory, status, stopped).await
+            wal::run(
+                &url, &slot, hub, docs, receipts, presence, inventory, status, stopped,
+            )
+            .await
         })
     };
     {
         let (receipts, pool, stopped) = (receipts.clone(), pool.clone(), stop.subscribe());
         tokio::spawn(async move { receipts.run(pool, stopped).await });
     }
+    tokio::spawn(presence.clone().run(stop.subscribe()));
     let channels = Arc::new(
         Channels::from_settings(&settings.notify.channels).context("notification providers")?,
     );
@@ -65,6 +80,7 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         docs,
         receipts,
         inventory,
+        presence,
         channels.vapid_public_key().map(str::to_owned),
         Store::new(pool.clone(), settings.gateway.replay_retention_secs),
         verifier,

@@ -10,6 +10,7 @@ mod docs;
 mod http;
 mod notifications;
 mod poll;
+mod presence;
 mod publish;
 mod replay;
 mod session;
@@ -37,6 +38,7 @@ use crate::docs::Docs;
 use crate::hub::{CloseReason, Frame, Hub, Outbox};
 use crate::inventory::Inventory;
 use crate::notify::inapp::Receipts;
+use crate::presence::Presence;
 use crate::protocol;
 
 /// Counters for `/metrics`.
@@ -53,6 +55,7 @@ pub struct Gateway {
     pub docs: Arc<Docs>,
     pub receipts: Arc<Receipts>,
     pub inventory: Arc<Inventory>,
+    pub presence: Arc<Presence>,
     /// What `GET /api/push/vapid-public-key` answers (None: Web Push is not configured).
     pub vapid_public_key: Option<String>,
     pub store: Store,
@@ -72,6 +75,7 @@ impl Gateway {
         docs: Arc<Docs>,
         receipts: Arc<Receipts>,
         inventory: Arc<Inventory>,
+        presence: Arc<Presence>,
         vapid_public_key: Option<String>,
         store: Store,
         verifier: Verifier,
@@ -82,6 +86,7 @@ impl Gateway {
             docs,
             receipts,
             inventory,
+            presence,
             vapid_public_key,
             store,
             verifier,
@@ -104,6 +109,10 @@ impl Gateway {
             .route(
                 "/api/rooms/{room}/messages",
                 post(publish::publish).options(http::preflight),
+            )
+            .route(
+                "/api/rooms/{room}/presence",
+                get(presence::room_presence).options(http::preflight),
             )
             .route("/api/docs/{doc}", get(docs::get).options(http::preflight))
             .route(

@@ -24,6 +24,7 @@ use crate::docs::{self, DocHandle, Peer};
 use crate::hub::{Frame, Outbox, Subscription};
 use crate::inventory::{self, InventoryCommand, Watching};
 use crate::notify::inapp;
+use crate::presence::{PresenceCommand, PresenceConn};
 use crate::protocol::{self, ClientFrame, Command, MarkAction};
 
 /// A refusal to send back: a protocol code and a message.
@@ -59,6 +60,8 @@ pub struct Session {
     activity: Vec<Arc<Subscription>>,
     /// Watched resources, and the user's reservation outcomes.
     inventory: Watching,
+    /// This connection's presence session, the users it watches and its typing.
+    presence: PresenceConn,
     bucket: TokenBucket,
 }
 
@@ -70,6 +73,12 @@ impl Session {
         conn_id: u64,
     ) -> Session {
         let rate = f64::from(gateway.settings.publish_rate.max(1));
+        let presence = PresenceConn::new(
+            gateway.presence.clone(),
+            outbox.clone(),
+            conn_id,
+            &claims.user,
+        );
         // A connection (the publish endpoint's one-shot session has id 0) hears of its user's
         // reservations and bookings from the start.
         let inventory = if conn_id == 0 {
@@ -87,6 +96,7 @@ impl Session {
             notifications: None,
             activity: Vec::new(),
             inventory,
+            presence,
             bucket: TokenBucket::new(rate, rate * 2.0),
         }
     }
@@ -99,6 +109,9 @@ impl Session {
     /// Handles one parsed client frame, answering with an ack for anything that has an id.
     pub async fn handle(&mut self, frame: ClientFrame) {
         let id = frame.id.clone();
+        if !matches!(frame.command, Command::Ping | Command::Pong) {
+            self.presence.activity();
+        }
         let result = match frame.command {
             Command::Ping => {
                 self.send(protocol::pong());
@@ -133,6 +146,7 @@ impl Session {
                 }
                 Ok(Some(json!({ "doc": doc })))
             }
+            Command::Presence(command) => self.presence_command(command, id.as_deref()).await,
             Command::NotificationSubscribe { since } => {
                 self.notifications_subscribe(since, id.as_deref()).await
             }
@@ -420,6 +434,7 @@ impl Session {
         match self.rooms.remove(room) {
             Some(sub) => {
                 self.gateway.hub.unsubscribe(&sub);
+                self.presence.left(room);
                 Ok(Some(json!({ "room": room })))
             }
             None => Err(Refusal::new("not_joined", format!("not in room {room}"))),
@@ -501,6 +516,26 @@ impl Session {
             .await
     }
 
+    /// `presence:*` (see [`crate::presence`]); any client frame counts as activity.
+    async fn presence_command(
+        &mut self,
+        command: PresenceCommand,
+        id: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Refusal> {
+        match command {
+            PresenceCommand::Subscribe { device } => {
+                self.presence.subscribe(device.as_deref(), id).await
+            }
+            PresenceCommand::Set { mode } => self.presence.set(mode),
+            PresenceCommand::Activity => Ok(Some(json!({}))),
+            PresenceCommand::Typing { room, typing } => {
+                self.rooms.retain(|_, sub| !sub.is_removed());
+                let joined = self.rooms.contains_key(&room);
+                self.presence.typing(&room, typing, joined).await
+            }
+        }
+    }
+
     fn take_token(&mut self) -> Result<(), Refusal> {
         if self.bucket.take(Instant::now()) {
             return Ok(());
@@ -527,6 +562,7 @@ impl Session {
         }
         self.notifications = None;
         self.rooms.clear();
+        self.presence.close();
         self.inventory.close(&self.gateway.inventory);
         for (handle, _) in self.docs.values() {
             handle.leave(self.conn_id);

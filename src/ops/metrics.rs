@@ -7,12 +7,79 @@ use axum::response::IntoResponse;
 
 use super::OpsState;
 use crate::notify::dispatch::{ChannelStats, DispatchStats, CHANNELS, LATENCY_BUCKETS};
+use crate::presence::Presence;
 
 /// Slot figures straight from PostgreSQL, so they are right even when the worker is stuck.
 const SLOT_SQL: &str = "SELECT active, \
         pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8, \
         pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8 \
     FROM pg_replication_slots WHERE slot_name = $1";
+
+/// Presence on this node: sessions, typing indicators and what the writer did.
+fn presence_metrics(out: &mut String, presence: &Presence) {
+    let stats = &presence.stats;
+    for (name, help, kind, value) in [
+        (
+            "triptrip_presence_sessions",
+            "Presence sessions on this node (connections, and closed ones within the grace period).",
+            "gauge",
+            presence.sessions() as u64,
+        ),
+        (
+            "triptrip_presence_typing",
+            "Typing indicators alive on this node.",
+            "gauge",
+            presence.typing_indicators() as u64,
+        ),
+        (
+            "triptrip_presence_flushes_total",
+            "Presence writes of this node (one statement each, at most one per flush interval).",
+            "counter",
+            stats.flushes.load(Ordering::Relaxed),
+        ),
+        (
+            "triptrip_presence_flush_failures_total",
+            "Presence writes that failed (their changes go with the next one).",
+            "counter",
+            stats.flush_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "triptrip_presence_ops_total",
+            "Session changes, session ends and modes written.",
+            "counter",
+            stats.ops.load(Ordering::Relaxed),
+        ),
+        (
+            "triptrip_presence_rows_written_total",
+            "Rows the presence writes inserted, updated or deleted.",
+            "counter",
+            stats.rows_written.load(Ordering::Relaxed),
+        ),
+        (
+            "triptrip_presence_heartbeats_total",
+            "Node heartbeats written (each also reaps dead nodes).",
+            "counter",
+            stats.heartbeats.load(Ordering::Relaxed),
+        ),
+        (
+            "triptrip_presence_reaped_sessions_total",
+            "Sessions of dead nodes this node ended.",
+            "counter",
+            stats.reaped.load(Ordering::Relaxed),
+        ),
+        (
+            "triptrip_presence_typing_relayed_total",
+            "Typing indicators relayed (starts and stops).",
+            "counter",
+            stats.typing_relayed.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
 
 /// Per-channel delivery counters and the created-to-sent latency histogram.
 fn notification_metrics(out: &mut String, stats: &DispatchStats) {
@@ -227,6 +294,7 @@ pub(super) async fn render(State(state): State<OpsState>) -> impl IntoResponse {
             value.load(Ordering::Relaxed) as f64,
         );
     }
+    presence_metrics(&mut out, &gw.presence);
     notification_metrics(&mut out, &state.dispatch);
     gauge(
         &mut out,

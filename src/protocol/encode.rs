@@ -260,6 +260,35 @@ pub fn doc_awareness(doc: &str, update: &str) -> String {
     )
 }
 
+/// `presence:update`: a user's status as others see it. `version` counts the user's changes
+/// (keep the highest); None when the user left the viewer's sight (a block).
+pub fn presence_update(
+    user: &str,
+    status: &str,
+    last_seen: Option<&str>,
+    version: Option<u64>,
+) -> String {
+    envelope(
+        "presence:update",
+        &server_id(),
+        json!({ "user": user, "status": status, "last_seen": last_seen, "version": version }),
+    )
+}
+
+/// `presence:typing`: `user` is (or stopped) typing in `room`.
+pub fn presence_typing(room: &str, user: &str, typing: bool) -> String {
+    envelope(
+        "presence:typing",
+        &server_id(),
+        json!({ "room": room, "user": user, "typing": typing }),
+    )
+}
+
+/// `presence:state`: the answer to a `presence:subscribe` sent without an id.
+pub fn presence_state(data: Value) -> String {
+    envelope("presence:state", &server_id(), data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,8 @@ mod parse;
 pub use encode::{
     ack_error, ack_ok, connected, doc_awareness, doc_closed, doc_sync, doc_update, error_frame,
     notification_badge, notification_marked, notification_new, now_rfc3339,
-    pg_timestamp_to_rfc3339, ping, pong, resume_failed, room_broadcast, room_left, room_message,
-    system_reconnect, NotificationEvent,
+    pg_timestamp_to_rfc3339, ping, pong, presence_state, presence_typing, presence_update,
+    resume_failed, room_broadcast, room_left, room_message, system_reconnect, NotificationEvent,
 };
 pub use parse::{parse_client_frame, ClientFrame, Command, MarkAction, Metadata, MAX_MARK_IDS};
 

@@ -66,6 +66,8 @@ pub enum Command {
     DocClose {
         doc: String,
     },
+    /// `presence:*`: presence and typing (see [`crate::presence`]).
+    Presence(crate::presence::PresenceCommand),
     /// Streams the user's notifications to this connection; `since` (the last notification
     /// seq the client saw) replays the missed ones first.
     NotificationSubscribe {
@@ -285,6 +287,9 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
         "doc:close" => Command::DocClose {
             doc: data_as::<DocData>(data)?.doc()?,
         },
+        "presence:subscribe" | "presence:set" | "presence:activity" | "presence:typing" => {
+            Command::Presence(crate::presence::parse_command(raw.kind.as_str(), data)?)
+        }
         "notification:subscribe" => Command::NotificationSubscribe {
             since: if data == "null" {
                 None

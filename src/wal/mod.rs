@@ -18,6 +18,7 @@ use crate::docs::Docs;
 use crate::hub::{Frame, Hub};
 use crate::inventory::Inventory;
 use crate::notify::inapp::{self, Receipts};
+use crate::presence::Presence;
 use crate::protocol;
 
 mod route;
@@ -64,6 +65,7 @@ pub async fn run(
     hub: Arc<Hub>,
     docs: Arc<Docs>,
     receipts: Arc<Receipts>,
+    presence: Arc<Presence>,
     inventory: Arc<Inventory>,
     status: Arc<WalStatus>,
     mut shutdown: watch::Receiver<bool>,
@@ -94,9 +96,9 @@ pub async fn run(
             Ok(Event::Change(change)) => {
                 // A burst (one big transaction) outruns the writers: let them drain before
                 // queueing more, rather than cutting clients that do read.
-                if route(&change)
-                    .is_some_and(|routed| apply(&hub, &docs, &receipts, &inventory, routed))
-                {
+                if route(&change).is_some_and(|routed| {
+                    apply(&hub, &docs, &receipts, &presence, &inventory, routed)
+                }) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -111,8 +113,8 @@ pub async fn run(
             Ok(Event::Reconnected { slot_created, .. }) => {
                 status.streaming.store(true, Ordering::Relaxed);
                 if slot_created {
-                    inventory.resync();
                     let queued = hub.resync_all();
+                    inventory.resync();
                     tracing::warn!(
                         slot,
                         resyncing = queued,
@@ -148,6 +150,7 @@ fn apply(
     hub: &Hub,
     docs: &Docs,
     receipts: &Receipts,
+    presence: &Presence,
     inventory: &Inventory,
     routed: Routed,
 ) -> bool {
@@ -160,6 +163,7 @@ fn apply(
             docs.revoke(&room, &user);
             false
         }
+        Routed::Presence(routed) => presence.apply(routed),
         Routed::DocUpdate {
             doc,
             seq,

@@ -17,6 +17,8 @@ pub enum Routed {
     },
     /// A membership row was deleted: the user may have to leave the room.
     MemberRemoved { room: String, user: String },
+    /// A presence change (see [`crate::presence`]).
+    Presence(crate::presence::Routed),
     /// A stored Yjs update of a document.
     DocUpdate {
         doc: String,
@@ -113,6 +115,13 @@ pub fn route(change: &Change) -> Option<Routed> {
                 user: text(relation, new, "user_id")?.to_owned(),
                 unread: text(relation, new, "unread")?.parse().ok()?,
             })
+        }
+        Change::Insert { relation, .. }
+        | Change::Update { relation, .. }
+        | Change::Delete { relation, .. }
+            if crate::presence::streams(relation) =>
+        {
+            crate::presence::route(change).map(Routed::Presence)
         }
         Change::Delete { relation, key, old } if is(relation, "room_members") => {
             let row = old.as_ref().or(key.as_ref())?;
