@@ -38,6 +38,8 @@ const USER_PREFIX: &str = "@reservations:";
 const RECENT_WINDOW: Duration = Duration::from_secs(5);
 /// Resources whose states one query reads again after the slot was recreated.
 const RESYNC_CHUNK: usize = 500;
+/// Longest wait for the hub's own resync before reading the states again.
+const RESYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// The hub room of a resource's subscribers (the `@` keeps it apart from rooms clients name).
 pub fn resource_room(resource_id: &str) -> String {
@@ -62,8 +64,8 @@ pub struct Inventory {
     hub: Arc<Hub>,
     pool: Pool,
     recent: Mutex<Recent>,
-    /// Resources watched on this node, with their subscription counts.
-    watched: Mutex<HashMap<String, usize>>,
+    /// Resources watched on this node, with their subscriptions.
+    watched: Mutex<HashMap<String, Vec<Arc<Subscription>>>>,
 }
 
 impl Inventory {
@@ -122,11 +124,6 @@ impl Inventory {
 
     /// Subscribes a connection to a resource's changes, live at once.
     fn watch(&self, resource_id: &str, cx: &Context<'_>) -> Arc<Subscription> {
-        *self
-            .watched
-            .lock()
-            .entry(resource_id.to_owned())
-            .or_default() += 1;
         let sub = self.hub.subscribe(
             &resource_room(resource_id),
             cx.conn_id,
@@ -135,15 +132,20 @@ impl Inventory {
             true,
         );
         sub.go_live(0);
+        self.watched
+            .lock()
+            .entry(resource_id.to_owned())
+            .or_default()
+            .push(sub.clone());
         sub
     }
 
     fn unwatch(&self, resource_id: &str, sub: &Arc<Subscription>) {
         self.hub.unsubscribe(sub);
         let mut watched = self.watched.lock();
-        if let Some(count) = watched.get_mut(resource_id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(subs) = watched.get_mut(resource_id) {
+            subs.retain(|s| !Arc::ptr_eq(s, sub));
+            if subs.is_empty() {
                 watched.remove(resource_id);
             }
         }
@@ -168,15 +170,22 @@ impl Inventory {
     }
 
     /// After the replication slot was recreated (changes since the old one's position were
-    /// never streamed): reads every watched resource's state again and sends it, and
-    /// `inventory:removed` for those deleted meanwhile.
+    /// never streamed): reads every watched resource's state again and sends it to its
+    /// subscribers, or `inventory:removed` for those deleted meanwhile.
     pub fn resync(self: &Arc<Self>) {
-        let ids: Vec<String> = self.watched.lock().keys().cloned().collect();
-        if ids.is_empty() {
+        if self.watched.lock().is_empty() {
             return;
         }
         let inventory = self.clone();
         tokio::spawn(async move {
+            // The hub resyncs every live subscription too (these rooms have no log, so they
+            // are live again after one query each); changes streamed meanwhile are not relayed
+            // to them, so the table is read after that.
+            let deadline = Instant::now() + RESYNC_WAIT;
+            while Instant::now() < deadline && inventory.catching_up() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let ids: Vec<String> = inventory.watched.lock().keys().cloned().collect();
             for chunk in ids.chunks(RESYNC_CHUNK) {
                 let wanted: Vec<&str> = chunk.iter().map(String::as_str).collect();
                 let states = match store::states(&inventory.pool, &wanted).await {
@@ -187,21 +196,26 @@ impl Inventory {
                     }
                 };
                 for id in &wanted {
-                    let routed = match states.iter().find(|s| s.resource_id == *id) {
-                        Some(state) => Routed::Changed {
-                            resource_id: state.resource_id.clone(),
-                            version: state.version,
-                            frame: state.frame(),
-                        },
-                        None => Routed::Removed {
-                            resource_id: (*id).to_owned(),
-                            frame: events::removed_frame(id),
-                        },
+                    let frame = match states.iter().find(|s| s.resource_id == *id) {
+                        Some(state) => state.frame(),
+                        None => events::removed_frame(id),
                     };
-                    inventory.apply(routed);
+                    let subs = inventory.watched.lock().get(*id).cloned();
+                    for sub in subs.iter().flatten() {
+                        sub.outbox.push(frame.clone());
+                    }
                 }
             }
         });
+    }
+
+    /// Whether some watched subscription waits for the hub's resync.
+    fn catching_up(&self) -> bool {
+        self.watched
+            .lock()
+            .values()
+            .flatten()
+            .any(|sub| sub.resync_after().is_some())
     }
 }
 
