@@ -33,7 +33,6 @@ pub use session::{Context, Watching};
 use crate::hub::{Frame, Hub, Outbox, Subscription};
 
 const RESOURCE_PREFIX: &str = "@inventory:";
-const USER_PREFIX: &str = "@reservations:";
 /// How long a streamed change is kept for subscriptions that are reading the table.
 const RECENT_WINDOW: Duration = Duration::from_secs(5);
 /// Resources whose states one query reads again after the slot was recreated.
@@ -46,10 +45,8 @@ pub fn resource_room(resource_id: &str) -> String {
     format!("{RESOURCE_PREFIX}{resource_id}")
 }
 
-/// The hub room of every connection of `user`: reservation outcomes and booking statuses.
-pub fn user_room(user: &str) -> String {
-    format!("{USER_PREFIX}{user}")
-}
+/// A user's connections on this node: their ids and outboxes.
+type Connections = Vec<(u64, Arc<Outbox>)>;
 
 /// The latest streamed state of recently changed resources.
 #[derive(Default)]
@@ -59,13 +56,17 @@ struct Recent {
 }
 
 /// The inventory channel of this node: fan-out through the hub, plus what subscriptions need
-/// to start without missing a change.
+/// to start without missing a change, and where each user's outcomes go.
 pub struct Inventory {
     hub: Arc<Hub>,
     pool: Pool,
     recent: Mutex<Recent>,
     /// Resources watched on this node, with their subscriptions.
     watched: Mutex<HashMap<String, Vec<Arc<Subscription>>>>,
+    /// Each user's connections on this node (id and outbox): reservation outcomes and booking
+    /// statuses. Kept apart from the hub's rooms: every connection has one, and none needs a
+    /// seq or a resync.
+    users: Mutex<HashMap<Arc<str>, Connections>>,
 }
 
 impl Inventory {
@@ -75,6 +76,7 @@ impl Inventory {
             pool,
             recent: Mutex::default(),
             watched: Mutex::default(),
+            users: Mutex::default(),
         }
     }
 
@@ -95,7 +97,11 @@ impl Inventory {
                 self.hub.relay(&resource_room(&resource_id), 0, &frame);
             }
             Routed::ForUser { user, frame } => {
-                self.hub.relay(&user_room(&user), 0, &frame);
+                if let Some(conns) = self.users.lock().get(user.as_str()) {
+                    for (_, outbox) in conns {
+                        outbox.push(frame.clone());
+                    }
+                }
             }
         }
     }
@@ -151,17 +157,28 @@ impl Inventory {
         }
     }
 
-    /// Subscribes a connection to its user's reservation outcomes and booking statuses.
-    fn follow_user(&self, conn_id: u64, user: &str, outbox: &Arc<Outbox>) -> Arc<Subscription> {
-        let sub = self.hub.subscribe(
-            &user_room(user),
-            conn_id,
-            Arc::from(user),
-            outbox.clone(),
-            true,
-        );
-        sub.go_live(0);
-        sub
+    /// Sends a connection its user's reservation outcomes and booking statuses from now on;
+    /// returns the user's key for [`Inventory::unfollow_user`].
+    fn follow_user(&self, conn_id: u64, user: &str, outbox: &Arc<Outbox>) -> Arc<str> {
+        let mut users = self.users.lock();
+        let key = users
+            .get_key_value(user)
+            .map_or_else(|| Arc::from(user), |(key, _)| key.clone());
+        users
+            .entry(key.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push((conn_id, outbox.clone()));
+        key
+    }
+
+    fn unfollow_user(&self, user: &str, conn_id: u64) {
+        let mut users = self.users.lock();
+        if let Some(conns) = users.get_mut(user) {
+            conns.retain(|(id, _)| *id != conn_id);
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
     }
 
     /// Resources watched on this node.
@@ -233,8 +250,6 @@ mod tests {
     #[test]
     fn rooms_never_collide_with_client_rooms() {
         assert!(!crate::protocol::valid_room(&resource_room("hotel:1")));
-        assert!(!crate::protocol::valid_room(&user_room("alice")));
-        assert_ne!(resource_room("x"), user_room("x"));
     }
 
     #[tokio::test]
@@ -284,11 +299,10 @@ mod tests {
             Arc::new(Outbox::new(1024)),
             Arc::new(Outbox::new(1024)),
         );
-        let _subs = [
-            inventory.follow_user(1, "alice", &a1),
-            inventory.follow_user(2, "alice", &a2),
-            inventory.follow_user(3, "bob", &b),
-        ];
+        let alice = inventory.follow_user(1, "alice", &a1);
+        let same = inventory.follow_user(2, "alice", &a2);
+        assert!(Arc::ptr_eq(&alice, &same), "one key per user");
+        inventory.follow_user(3, "bob", &b);
         inventory.apply(Routed::ForUser {
             user: "alice".into(),
             frame: Frame::from("failed"),
@@ -296,5 +310,13 @@ mod tests {
         assert_eq!(a1.queued_bytes(), 6);
         assert_eq!(a2.queued_bytes(), 6);
         assert_eq!(b.queued_bytes(), 0);
+        inventory.unfollow_user("alice", 1);
+        inventory.apply(Routed::ForUser {
+            user: "alice".into(),
+            frame: Frame::from("x"),
+        });
+        assert_eq!((a1.queued_bytes(), a2.queued_bytes()), (6, 7));
+        inventory.unfollow_user("alice", 2);
+        assert!(inventory.users.lock().get("alice").is_none());
     }
 }

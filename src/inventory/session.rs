@@ -26,8 +26,9 @@ pub struct Context<'a> {
 #[derive(Default)]
 pub struct Watching {
     resources: HashMap<String, Arc<Subscription>>,
-    /// The user's reservation outcomes and booking statuses, from the start of the connection.
-    outcomes: Option<Arc<Subscription>>,
+    /// Registered for the user's reservation outcomes and booking statuses: the user and this
+    /// connection's id.
+    outcomes: Option<(Arc<str>, u64)>,
 }
 
 impl Watching {
@@ -41,7 +42,7 @@ impl Watching {
     ) -> Watching {
         Watching {
             resources: HashMap::new(),
-            outcomes: Some(inventory.follow_user(conn_id, user, outbox)),
+            outcomes: Some((inventory.follow_user(conn_id, user, outbox), conn_id)),
         }
     }
 
@@ -156,8 +157,8 @@ impl Watching {
         for (id, sub) in self.resources.drain() {
             inventory.unwatch(&id, &sub);
         }
-        if let Some(sub) = self.outcomes.take() {
-            inventory.hub.unsubscribe(&sub);
+        if let Some((user, conn_id)) = self.outcomes.take() {
+            inventory.unfollow_user(&user, conn_id);
         }
     }
 }
