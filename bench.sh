@@ -4,7 +4,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
-BENCHMARKS="replication e2e fanout crdt inventory"
+BENCHMARKS="replication e2e fanout crdt inventory presence"
 
 usage() {
     cat >&2 <<USAGE
@@ -24,6 +24,10 @@ Benchmarks:
   inventory     live inventory: 64 SQL reservers racing for 4 resources (reservations/s, no
                 oversell), then 1,000 resources x 10 WebSocket subscribers with 1,000 SQL
                 updates/s (update-to-subscriber latency, loss); ends with a RESULT line
+  presence      presence: 10,000 WebSocket users in 1,000 rooms, an idle window, then 60 s of
+                100 dnd/online changes/s, reconnects within the grace and activity pings:
+                PostgreSQL writes/s caused by presence, state-change-to-peer latency; ends
+                with a RESULT line
 USAGE
 }
 
@@ -93,6 +97,12 @@ case "$1" in
         raise_open_files
         # Builds the server's release binary too; the bench starts it as its own process.
         exec cargo bench --quiet --bench inventory
+        ;;
+    presence)
+        . scripts/ensure-postgres.sh
+        raise_open_files
+        # Builds the server's release binary too; the bench starts it as its own process.
+        exec cargo bench --quiet --bench presence
         ;;
     -h|--help|help)
         usage

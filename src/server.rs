@@ -71,7 +71,7 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         let (receipts, pool, stopped) = (receipts.clone(), pool.clone(), stop.subscribe());
         tokio::spawn(async move { receipts.run(pool, stopped).await });
     }
-    tokio::spawn(presence.clone().run(stop.subscribe()));
+    let presence_writer = tokio::spawn(presence.clone().run(stop.subscribe()));
     let channels = Arc::new(
         Channels::from_settings(&settings.notify.channels).context("notification providers")?,
     );
@@ -152,6 +152,8 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         .await?;
     tracing::info!("shutting down");
     let _ = stop.send(true);
+    // The presence changes of the last flush interval are written before the process exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), presence_writer).await;
     worker.await.context("replication worker panicked")?
 }
 

@@ -524,6 +524,8 @@ impl Session {
     ) -> Result<Option<serde_json::Value>, Refusal> {
         match command {
             PresenceCommand::Subscribe { device } => {
+                // Each one reads the database: it counts against the publish rate.
+                self.take_token()?;
                 self.presence.subscribe(device.as_deref(), id).await
             }
             PresenceCommand::Set { mode } => self.presence.set(mode),
