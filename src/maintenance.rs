@@ -3,7 +3,8 @@
 //! when a history retention is configured, old partitions dropped; document versions older than
 //! 90 days pruned (each document keeps its latest); notifications and delivery history older
 //! than 90 days, notification idempotency keys older than 24 hours, and outbox events older
-//! than 7 days that every subscription received, and activities older than a year, pruned.
+//! than 7 days that every subscription received, activities older than a year, and expired
+//! reservation idempotency keys, pruned.
 
 use std::time::Duration;
 
@@ -74,6 +75,10 @@ pub async fn once(
         .query_one("SELECT realtime.prune_activities()", &[])
         .await?
         .get(0);
+    let reservation_keys: i64 = client
+        .query_one("SELECT realtime.prune_reservation_keys()", &[])
+        .await?
+        .get(0);
     client.commit().await?;
     if created + dropped > 0
         || pruned > 0
@@ -81,6 +86,7 @@ pub async fn once(
         || notifications > 0
         || outbox > 0
         || activities > 0
+        || reservation_keys > 0
     {
         tracing::info!(
             created,
@@ -90,7 +96,8 @@ pub async fn once(
             notifications,
             outbox,
             activities,
-            "message log, document, notification, outbox and activity upkeep"
+            reservation_keys,
+            "message log, document, notification, outbox, activity and reservation upkeep"
         );
     }
     Ok((created, pruned, dropped))
