@@ -132,6 +132,31 @@ async fn mail_arrives_with_subject_text_html_and_a_message_id_stable_across_rese
     assert!(smtp.connections() <= 2, "the pool reuses its connection");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mail_shares_the_pooled_connections() {
+    let smtp = SmtpStandIn::start().await.unwrap();
+    let provider = email_provider(smtp.url());
+    let sends = (0..100).map(|n| {
+        let provider = provider.clone();
+        async move {
+            provider
+                .send(&email_to(&format!("guest{n}@example.com")), &message(n))
+                .await
+        }
+    });
+    for sent in futures_util::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    assert_eq!(smtp.message_count(), 100);
+    // A connection goes back to the pool a moment after its send returns, so a burst may open
+    // a few more than the pool's 8; without the limit it opened one per mail.
+    assert!(
+        smtp.connections() <= 25,
+        "connections are reused, not one per mail: {}",
+        smtp.connections()
+    );
+}
+
 #[tokio::test]
 async fn non_ascii_and_markup_survive_encoding() {
     let smtp = SmtpStandIn::start().await.unwrap();

@@ -7,12 +7,14 @@
 //! 553, or an enhanced status 5.1.x about the recipient) disables the address.
 
 use std::fmt;
+use std::sync::Arc;
 
 use clap::Args;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use tokio::sync::Semaphore;
 
 use super::http::wrong_target;
 use super::{ConfigError, Message, SendError, Sent, Target, EMAIL_TIMEOUT};
@@ -62,6 +64,9 @@ fn without_password(url: &str) -> String {
 pub struct EmailProvider {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// One permit per pooled connection: a send beyond the pool would open (and then drop) a
+    /// connection of its own, one per mail under load.
+    connections: Arc<Semaphore>,
 }
 
 impl fmt::Debug for EmailProvider {
@@ -98,7 +103,11 @@ impl EmailProvider {
             .timeout(Some(EMAIL_TIMEOUT))
             .pool_config(PoolConfig::new().max_size(POOL_SIZE))
             .build();
-        Ok(Some(Self { transport, from }))
+        Ok(Some(Self {
+            transport,
+            from,
+            connections: Arc::new(Semaphore::new(POOL_SIZE as usize)),
+        }))
     }
 
     /// Mails a [`Target::Email`]; the provider id is the server's queue id (or its reply).
@@ -110,7 +119,11 @@ impl EmailProvider {
             SendError::InvalidTarget(format!("{address:?} is not an email address: {e}"))
         })?;
         let mail = compose(&self.from, Mailbox::new(None, to), msg)?;
-        let response = tokio::time::timeout(EMAIL_TIMEOUT, self.transport.send(mail))
+        let send = async {
+            let _connection = self.connections.acquire().await;
+            self.transport.send(mail).await
+        };
+        let response = tokio::time::timeout(EMAIL_TIMEOUT, send)
             .await
             .map_err(|_| SendError::Transient(format!("no answer within {EMAIL_TIMEOUT:?}")))?
             .map_err(|e| smtp_error(&e))?;
