@@ -1,10 +1,11 @@
 //! The load generator: a separate process (the bench binary re-executed with `--loadgen`) that
 //! opens `rooms × subs` WebSocket subscribers, and for fan-out one publisher per room, against
-//! our server or a Socket.IO 4 server, then follows orders read line by line on stdin and
-//! answers on stdout:
+//! our server or a Socket.IO 4 server, or `rooms × subs` users subscribed to their own
+//! notifications, then follows orders read line by line on stdin and answers on stdout:
 //!
 //! - `READY joined=… failed=… publishers=… connect_secs=…` once everyone has joined;
-//! - `STATUS` → `STATUS received=… closed=… errors=…` (deliveries of step 0, the e2e run);
+//! - `STATUS` → `STATUS received=… closed=… errors=…` (deliveries of step 0, the e2e and notify
+//!   runs);
 //! - `REPORT` → `REPORT received=… p50_us=… …` for step 0, with per-connection seq checks;
 //! - `STEP <index> <events/s> <secs>` → the publishers send for `secs` (`STEP_SENT`), then the
 //!   tail is awaited and `STEP_DONE …` reports that step's deliveries, loss and latency;
@@ -55,6 +56,9 @@ pub(crate) enum Target {
     Ours,
     /// Socket.IO v5 over Engine.IO v4, websocket transport only.
     SocketIo,
+    /// triptrip-realtime: `/ws`, `notification:subscribe`, `notification:new`; every
+    /// subscriber is a user of its own ([`user_name`]), and "rooms" only number them.
+    Notifications,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +76,7 @@ impl Options {
         let target = match self.target {
             Target::Ours => "ours",
             Target::SocketIo => "socketio",
+            Target::Notifications => "notifications",
         };
         [
             "--loadgen",
@@ -108,6 +113,7 @@ impl Options {
             target: match value("--target")? {
                 "ours" => Target::Ours,
                 "socketio" => Target::SocketIo,
+                "notifications" => Target::Notifications,
                 other => return Err(format!("unknown target {other}")),
             },
             port: number("--port")? as u16,
@@ -120,6 +126,11 @@ impl Options {
 
 pub(crate) fn room_name(room: usize) -> String {
     format!("bench-{room}")
+}
+
+/// The user (token `sub`) of subscriber `index`.
+pub(crate) fn user_name(index: usize) -> String {
+    format!("bench-user-{index}")
 }
 
 /// Entry point of the `--loadgen` process; never returns.
@@ -326,6 +337,27 @@ impl Shared {
                     self.error_frame(text);
                 }
             }
+            Target::Notifications => {
+                if text.starts_with(r#"{"type":"notification:new""#) {
+                    // The envelope's seq comes first; the send time is the payload's "t".
+                    let seq = u64_after(text, r#""seq":"#);
+                    let sent = text
+                        .find(r#""payload":"#)
+                        .and_then(|p| u64_after(&text[p..], r#""t":"#));
+                    match (seq, sent) {
+                        (Some(seq), Some(sent)) => {
+                            self.record(0, sent);
+                            conn.see(seq);
+                        }
+                        _ => self.bad_frame(text),
+                    }
+                } else if text.ends_with(r#""type":"ping"}"#) {
+                    return Some(r#"{"type":"pong"}"#);
+                } else if text.contains(r#""type":"error""#) || text.contains(r#""status":"error""#)
+                {
+                    self.error_frame(text);
+                }
+            }
             Target::SocketIo => {
                 if let Some(payload) = text.strip_prefix(r#"42["msg","#) {
                     self.on_event(conn, payload);
@@ -431,7 +463,8 @@ async fn send(ws: &mut Ws, text: String) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Connects, authenticates and joins `room`; returns the socket and the room's seq at the join.
+/// Connects, authenticates and joins `room` (or, for [`Target::Notifications`], subscribes to
+/// `user`'s notifications); returns the socket and the room's (feed's) seq at the join.
 async fn handshake(
     target: Target,
     port: u16,
@@ -440,18 +473,19 @@ async fn handshake(
 ) -> Result<(Ws, u64), BoxError> {
     let name = room_name(room);
     match target {
-        Target::Ours => {
+        Target::Ours | Target::Notifications => {
             let token = token(user, &name);
             let mut ws = open(port, &format!("/ws?token={token}")).await?;
             let hello = next_text(&mut ws).await?;
             if !hello.contains("system:connected") {
                 return Err(format!("expected system:connected, got {}", clip(&hello)).into());
             }
-            send(
-                &mut ws,
-                format!(r#"{{"type":"room:join","id":"j","data":{{"room":"{name}"}}}}"#),
-            )
-            .await?;
+            let join = if target == Target::Notifications {
+                r#"{"type":"notification:subscribe","id":"j","data":{}}"#.to_owned()
+            } else {
+                format!(r#"{{"type":"room:join","id":"j","data":{{"room":"{name}"}}}}"#)
+            };
+            send(&mut ws, join).await?;
             loop {
                 let text = next_text(&mut ws).await?;
                 if text.contains(r#""original_id":"j""#) {
@@ -505,7 +539,7 @@ async fn subscriber(
     permit: OwnedSemaphorePermit,
 ) {
     let conn = Arc::new(Conn::new(room));
-    let result = handshake(shared.target, port, &format!("bench-user-{index}"), room).await;
+    let result = handshake(shared.target, port, &user_name(index), room).await;
     drop(permit);
     let mut ws = match result {
         Ok((ws, seq)) => {
@@ -555,7 +589,7 @@ fn event_frame(target: Target, room: usize, step: usize, n: u64) -> String {
     let t = unix_nanos();
     let name = room_name(room);
     match target {
-        Target::Ours => format!(
+        Target::Ours | Target::Notifications => format!(
             r#"{{"type":"room:broadcast","data":{{"room":"{name}","event":"bench","payload":{{"t":{t},"s":{step},"n":{n},"pad":"{PAD}"}}}}}}"#
         ),
         Target::SocketIo => {
@@ -664,6 +698,9 @@ async fn publisher_frame(
 // ---------------------------------------------------------------------------------------------
 
 async fn run(options: Options) -> Result<(), BoxError> {
+    if options.publishers && options.target == Target::Notifications {
+        return Err("notification subscribers have no publishers".into());
+    }
     let shared = Arc::new(Shared::new(&options));
     let started = Instant::now();
     let total = options.rooms * options.subs;

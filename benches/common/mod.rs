@@ -1,4 +1,4 @@
-//! Shared by the `e2e` and `fanout` benches: the server process, the load-generator process
+//! Shared by the benches that drive the server: the server process, the load-generator process
 //! (this same bench binary re-executed with `--loadgen`), a latency histogram and readings of
 //! CPU time and RSS from /proc.
 #![allow(dead_code)]
@@ -306,6 +306,62 @@ impl CpuWatch {
     }
 }
 
+/// CPU time of the whole machine from the first line of /proc/stat, to see how much of it
+/// other processes (other engineers' builds) and the hypervisor (steal) took meanwhile.
+pub(crate) struct MachineCpu {
+    at: Instant,
+    /// user + nice + system + irq + softirq ticks.
+    busy: u64,
+    steal: u64,
+}
+
+/// Machine CPU over an interval, in % of one core.
+pub(crate) struct MachineUse {
+    pub(crate) busy: f64,
+    pub(crate) steal: f64,
+}
+
+impl MachineCpu {
+    pub(crate) fn now() -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        MachineCpu {
+            at: Instant::now(),
+            busy: field(0) + field(1) + field(2) + field(5) + field(6),
+            steal: field(7),
+        }
+    }
+
+    pub(crate) fn since(&self, start: &MachineCpu) -> MachineUse {
+        let secs = self.at.duration_since(start.at).as_secs_f64().max(1e-9);
+        let pct = |ticks: u64| ticks as f64 / TICKS_PER_S / secs * 100.0;
+        MachineUse {
+            busy: pct(self.busy.saturating_sub(start.busy)),
+            steal: pct(self.steal.saturating_sub(start.steal)),
+        }
+    }
+}
+
+impl MachineUse {
+    /// Appends `others` (the machine's busy time and steal not spent by the watched
+    /// processes) and `steal` to a per-process CPU list; returns `others`.
+    pub(crate) fn append_to(&self, cpu: &mut Vec<(&'static str, f64)>) -> f64 {
+        let watched: f64 = cpu.iter().map(|(_, pct)| pct).sum();
+        let others = (self.busy + self.steal - watched).max(0.0);
+        cpu.push(("others", others));
+        cpu.push(("steal", self.steal));
+        others
+    }
+}
+
 pub(crate) fn format_cpu(cpu: &[(&str, f64)]) -> String {
     cpu.iter()
         .map(|(label, pct)| format!("{label} {pct:.0}%"))
@@ -371,6 +427,15 @@ pub(crate) struct ServerProc {
 
 impl ServerProc {
     pub(crate) async fn start(database_url: &str) -> Result<ServerProc, BoxError> {
+        ServerProc::start_with(database_url, &[]).await
+    }
+
+    /// [`ServerProc::start`] with more environment variables (provider settings, dispatchers),
+    /// set after the bench's own so that they can override them.
+    pub(crate) async fn start_with(
+        database_url: &str,
+        envs: &[(String, String)],
+    ) -> Result<ServerProc, BoxError> {
         let port = free_port();
         let data_dir = tempfile::tempdir()?;
         let child = Command::new(env!("CARGO_BIN_EXE_triptrip-realtime"))
@@ -384,6 +449,7 @@ impl ServerProc {
             .env("TRIPTRIP_PUBLISH_RATE", "1000000")
             .env("TRIPTRIP_DRAIN_MS", "200")
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
