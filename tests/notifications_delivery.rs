@@ -443,6 +443,17 @@ fn dispatcher(
     )
 }
 
+/// The next 14:00 UTC, 23:00 in Tokyo (inside the default 22:00-07:00 do-not-disturb window),
+/// so that notifications created now are due by then; and 07:00 in Tokyo, when it ends.
+fn tokyo_night() -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut night = now.date().with_hms(14, 0, 0).unwrap().assume_utc();
+    if night < now {
+        night += time::Duration::days(1);
+    }
+    (night, night + time::Duration::hours(8))
+}
+
 async fn delivery(sql: &Sql, id: i64, channel: &str) -> (String, i32, SystemTime) {
     let row = sql
         .query_one(
@@ -549,14 +560,7 @@ async fn do_not_disturb_holds_push_in_the_users_own_time_zone() {
     )
     .await
     .unwrap();
-    // 14:00 UTC is 23:00 in Tokyo: inside the default 22:00-07:00 window. The next one, so
-    // that the notifications are due by then.
-    let now = time::OffsetDateTime::now_utc();
-    let mut night = now.date().with_hms(14, 0, 0).unwrap().assume_utc();
-    if night < now {
-        night += time::Duration::days(1);
-    }
-    let morning = night + time::Duration::hours(8);
+    let (night, morning) = tokyo_night();
     let clock = ManualClock::at(night.into());
     let d = dispatcher(&pool, Arc::new(providers.channels()), clock.clone());
     let booking = notify(
@@ -588,6 +592,181 @@ async fn do_not_disturb_holds_push_in_the_users_own_time_zone() {
         .unwrap()
         .get(0);
     assert_eq!(deferred, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_for_do_not_disturb_does_not_delay_the_deliveries_behind_it() {
+    let providers = Providers::start().await;
+    let (cluster, sql, pool) = database().await;
+    // Kenji's 30 price alerts are the oldest due deliveries: the first three batches of 10 are
+    // all pushes inside his do-not-disturb window.
+    sql.batch_execute(
+        "INSERT INTO realtime.users (user_id, time_zone) VALUES ('kenji', 'Asia/Tokyo');
+         INSERT INTO realtime.push_tokens (user_id, platform, token) VALUES ('kenji', 'fcm', 'kenji-fcm');
+         UPDATE realtime.notification_types SET channels = '{webhook}' WHERE type = 'trip_update';
+         SELECT realtime.notify('kenji', 'price_alert', jsonb_build_object('n', n))
+         FROM generate_series(1, 30) n;",
+    )
+    .await
+    .unwrap();
+    add_user(&sql, &providers, "ana", "UTC").await;
+    let booking = notify(&sql, "ana", "booking_confirmed", json!({"booking_id": "A"})).await;
+    let update = notify(&sql, "ana", "trip_update", json!({"message": "gate 12"})).await;
+
+    let (night, morning) = tokyo_night();
+    // Polling once an hour: Ana's deliveries go out only if the rounds do not wait for it.
+    let d = Dispatcher::new(
+        pool.clone(),
+        Arc::new(providers.channels()),
+        ManualClock::at(night.into()),
+        10,
+        Arc::new(DispatchStats::default()),
+    )
+    .poll_every(Duration::from_secs(3600));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let url = cluster.url("postgres");
+    let running = tokio::spawn(async move { d.run(&url, stopped).await });
+
+    let sent = |channel: &str| (channel.to_owned(), "sent".to_owned());
+    assert_eq!(
+        settled(&sql, booking).await,
+        [
+            sent("email"),
+            ("in_app".to_owned(), "pending".to_owned()),
+            sent("push"),
+            sent("push"),
+            sent("push"),
+        ]
+    );
+    assert_eq!(settled(&sql, update).await, [sent("webhook")]);
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    // Kenji's pushes wait for 07:00 in Tokyo, each deferred once and never sent.
+    let held = sql
+        .query(
+            "SELECT state, attempts, next_attempt_at, count(*) FROM realtime.notification_deliveries \
+             WHERE user_id = 'kenji' AND channel = 'push' GROUP BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let row = &held[0];
+    assert_eq!(
+        (
+            row.get::<_, &str>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, i64>(3)
+        ),
+        ("pending", 0, 30)
+    );
+    assert_eq!(row.get::<_, SystemTime>(2), SystemTime::from(morning));
+    let deferred: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM realtime.notification_delivery_events WHERE event = 'deferred'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deferred, 30);
+    assert!(providers
+        .fcm
+        .messages()
+        .iter()
+        .all(|m| m.token != "kenji-fcm"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_checks_do_not_disturb_on_the_rows_it_claims_only() {
+    let (_cluster, sql, _pool) = database().await;
+    sql.batch_execute(
+        "INSERT INTO realtime.users (user_id, time_zone) VALUES ('kenji', 'Asia/Tokyo');
+         INSERT INTO realtime.push_tokens (user_id, platform, token) VALUES ('kenji', 'fcm', 'kenji-fcm');
+         SELECT realtime.notify('kenji', 'price_alert', jsonb_build_object('n', n))
+         FROM generate_series(1, 1000) n;
+         SET track_functions = 'pl';",
+    )
+    .await
+    .unwrap();
+    let created: SystemTime = sql
+        .query_one(
+            "SELECT min(next_attempt_at) FROM realtime.notification_deliveries",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (night, morning) = tokyo_night();
+    let night = SystemTime::from(night);
+    // dnd_until calls in the current transaction (not yet flushed to the cumulative views).
+    let dnd_calls = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions \
+                     WHERE schemaname = 'realtime' AND funcname = 'dnd_until'";
+    // (next_attempt_at, deliveries) of Kenji's pushes.
+    let schedule = || async {
+        sql.query(
+            "SELECT next_attempt_at, count(*) FROM realtime.notification_deliveries \
+             WHERE channel = 'push' GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, SystemTime>(0), r.get::<_, i64>(1)))
+        .collect::<Vec<_>>()
+    };
+
+    // The compatible function returns none of a batch it deferred.
+    sql.batch_execute("BEGIN").await.unwrap();
+    let before: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
+    let returned = sql
+        .query(
+            "SELECT * FROM realtime.claim_deliveries($1, 100)",
+            &[&night],
+        )
+        .await
+        .unwrap();
+    let after: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
+    sql.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(returned.len(), 0);
+    assert_eq!(after - before, 100, "one dnd_until per claimed push");
+    assert_eq!(
+        schedule().await,
+        [(created, 900), (SystemTime::from(morning), 100)],
+        "the rows beyond the batch keep their time"
+    );
+
+    // realtime.claim_deliveries_v2 returns the deferred rows, marked.
+    sql.batch_execute("BEGIN").await.unwrap();
+    let before: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
+    let claimed = sql
+        .query(
+            "SELECT deferred_until FROM realtime.claim_deliveries_v2($1, 100)",
+            &[&night],
+        )
+        .await
+        .unwrap();
+    let after: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
+    sql.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(claimed.len(), 100);
+    assert!(claimed
+        .iter()
+        .all(|r| r.get::<_, Option<SystemTime>>(0) == Some(SystemTime::from(morning))));
+    assert_eq!(after - before, 100);
+    assert_eq!(
+        schedule().await,
+        [(created, 800), (SystemTime::from(morning), 200)]
+    );
+    let deferred: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM realtime.notification_delivery_events WHERE event = 'deferred'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deferred, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,15 @@
 //! The dispatcher: delivers notifications on the outside channels (push, email, SMS, webhooks).
 //!
 //! Guarantees: at least once. A round claims due deliveries inside one transaction
-//! (`realtime.claim_deliveries`, `FOR UPDATE SKIP LOCKED`, so dispatchers on any number of
+//! (`realtime.claim_deliveries_v2`, `FOR UPDATE SKIP LOCKED`, so dispatchers on any number of
 //! nodes share the work without sending a delivery twice), sends them, records every outcome
 //! (`realtime.record_delivery_attempts`) and commits. A dispatcher that dies mid-round loses its
 //! connection and with it the row locks: the deliveries are due again at once and another round
-//! resends them. Rounds start on `NOTIFY triptrip_deliveries` (one per inserting transaction, a
-//! hint only) or every second, which also picks up retries as they fall due.
+//! resends them. Claimed pushes of users in do-not-disturb are deferred by the claim itself and
+//! count toward the batch, so a batch of them does not hide the deliveries due behind it. Rounds
+//! follow each other at once while they claim full batches, and otherwise start on
+//! `NOTIFY triptrip_deliveries` (one per inserting transaction, a hint only) or every second,
+//! which also picks up retries as they fall due.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,6 +129,7 @@ pub struct Dispatcher {
     channels: Arc<Channels>,
     clock: Arc<dyn Clock>,
     batch: i32,
+    poll_every: Duration,
     pub stats: Arc<DispatchStats>,
 }
 
@@ -142,12 +146,21 @@ impl Dispatcher {
             channels,
             clock,
             batch: batch.clamp(1, 10_000),
+            poll_every: POLL_EVERY,
             stats,
         }
     }
 
-    /// Runs rounds until `shutdown` flips: at once while a round finds a full batch, on every
-    /// wake-up notification, and at least every second.
+    /// How long an idle dispatcher waits for a wake-up notification before it looks for due
+    /// deliveries anyway (default one second).
+    pub fn poll_every(mut self, every: Duration) -> Dispatcher {
+        self.poll_every = every;
+        self
+    }
+
+    /// Runs rounds until `shutdown` flips: at once while a round claims a full batch (sent or
+    /// deferred for do-not-disturb), on every wake-up notification, and at least every
+    /// [`poll_every`](Self::poll_every).
     pub async fn run(&self, database_url: &str, mut shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
         let listener = {
@@ -168,30 +181,43 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = tokio::time::sleep(self.poll_every) => {}
                 _ = shutdown.changed() => break,
             }
         }
         listener.abort();
     }
 
-    /// One round: claims up to a batch of due deliveries, sends them concurrently, records the
-    /// outcomes and commits. Returns how many deliveries it claimed.
+    /// One round: claims up to a batch of due deliveries, sends those not deferred for
+    /// do-not-disturb concurrently, records the outcomes and commits. Returns how many
+    /// deliveries it claimed, deferred ones included: fewer than a batch means that nothing else
+    /// was due (or it was locked by another dispatcher).
     pub async fn round(&self) -> anyhow::Result<usize> {
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows = tx
+        let claimed = tx
             .query(
-                "SELECT * FROM realtime.claim_deliveries($1, $2)",
+                "SELECT * FROM realtime.claim_deliveries_v2($1, $2)",
                 &[&now, &self.batch],
             )
             .await
             .context("claiming deliveries")?;
+        let count = claimed.len();
+        let rows: Vec<Row> = claimed
+            .into_iter()
+            .filter(|row| row.get::<_, Option<SystemTime>>("deferred_until").is_none())
+            .collect();
+        if rows.len() < count {
+            tracing::debug!(
+                deferred = count - rows.len(),
+                "push deliveries deferred for do-not-disturb"
+            );
+        }
         if rows.is_empty() {
             tx.commit().await?;
-            return Ok(0);
+            return Ok(count);
         }
         let sends = rows.iter().map(|row| self.send(row));
         let outcomes = join_all(sends).await;
@@ -216,7 +242,7 @@ impl Dispatcher {
         .await
         .context("recording delivery attempts")?;
         tx.commit().await?;
-        Ok(rows.len())
+        Ok(count)
     }
 
     async fn send(&self, row: &Row) -> Outcome {
