@@ -4,7 +4,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
-BENCHMARKS="replication e2e fanout crdt notify inventory presence"
+BENCHMARKS="replication e2e fanout loopback crdt notify inventory presence"
 
 usage() {
     cat >&2 <<USAGE
@@ -18,6 +18,9 @@ Benchmarks:
                 committed through SQL; latency, loss, RSS per connection; ends with a RESULT line
   fanout        client-published fan-out to 100 x 100 subscribers over a ladder of rates, ours
                 vs Socket.IO 4.8 (installed with npm on first use); ends with a RESULT line
+  loopback      the kernel's own cost of one delivery over loopback TCP on this machine
+                (9,000 socket pairs, 300-byte messages, no server): the floor under the
+                e2e and fanout figures; ends with a RESULT line
   crdt          100 editors and one observer on one Yjs document over a ladder of edit rates,
                 ours (every update committed to PostgreSQL before it is relayed) vs Hocuspocus 4
                 on Node 22 (both installed with npm on first use); ends with a RESULT line
@@ -91,6 +94,10 @@ case "$1" in
         raise_open_files
         ensure_socketio
         exec cargo bench --quiet --bench fanout
+        ;;
+    loopback)
+        raise_open_files 18500
+        exec cargo bench --quiet --bench loopback
         ;;
     crdt)
         . scripts/ensure-postgres.sh
