@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -134,6 +135,13 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     let address = listener.local_addr()?;
+    // Events are small frames written as they come: Nagle's algorithm would hold a frame back
+    // until the client acknowledged the previous one (up to its 40 ms delayed ACK).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     tracing::info!(%address, "listening");
     if let Some(cluster) = &database.embedded {
         print_welcome(&address.to_string(), cluster);
