@@ -2,6 +2,7 @@
 //! drains the connection's outbox in batches and a reader loop that handles client frames,
 //! heartbeats and token expiry.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +52,7 @@ pub(super) async fn upgrade(
         .max_frame_size(limit)
         .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| run(gateway, socket, claims))
+        .on_upgrade(move |socket| run(gateway, socket.split(), claims))
 }
 
 /// Why a WebSocket handshake is refused before its token is looked at: a browser origin
@@ -94,72 +95,96 @@ pub(super) fn refuse(status: StatusCode, code: &str, message: &str) -> Response 
         .into_response()
 }
 
-async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Option<Claims>) {
-    let (mut sink, mut stream) = socket.split();
-    let claims = match claims {
-        Some(claims) => claims,
-        None => match first_message_auth(&gateway, &mut stream).await {
-            Ok(claims) => claims,
-            Err(refusal) => return close_with(&mut sink, &refusal, 4001).await,
-        },
-    };
-    let outbox = Arc::new(Outbox::new(gateway.settings.connection_queue_bytes));
-    let admission = match gateway.admit(&claims.user, outbox.clone()) {
-        Ok(admission) => admission,
-        Err(refusal) => return close_with(&mut sink, &refusal, 1013).await,
-    };
-    // A debug span: entered on every poll of the connection, an enabled span costs a few
-    // percent of the fan-out's CPU.
-    let span = tracing::debug_span!("connection", id = admission.conn_id, user = %claims.user);
-    let session = Session::new(gateway.clone(), claims, outbox, admission.conn_id);
-    serve(gateway, session, admission, sink, stream)
+// Memory per idle connection: an `async fn` keeps its arguments and the locals moved out of
+// them side by side for as long as it runs, so the connection's futures are `async move`
+// blocks over their arguments instead, the socket is split before its future is made, and the
+// long-lived part (`serve`) is boxed apart from the handshake's states.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn run(
+    gateway: Arc<Gateway>,
+    (mut sink, mut stream): (SplitSink<WebSocket, Message>, SplitStream<WebSocket>),
+    claims: Option<Claims>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let claims = match claims {
+            Some(claims) => claims,
+            None => match Box::pin(first_message_auth(&gateway, &mut stream)).await {
+                Ok(claims) => claims,
+                Err(refusal) => return Box::pin(close_with(&mut sink, &refusal, 4001)).await,
+            },
+        };
+        let outbox = Arc::new(Outbox::new(gateway.settings.connection_queue_bytes));
+        let admission = match gateway.admit(&claims.user, outbox.clone()) {
+            Ok(admission) => admission,
+            Err(refusal) => return Box::pin(close_with(&mut sink, &refusal, 1013)).await,
+        };
+        // A debug span: entered on every poll of the connection, an enabled span costs a few
+        // percent of the fan-out's CPU.
+        let span = tracing::debug_span!("connection", id = admission.conn_id, user = %claims.user);
+        let conn_id = admission.conn_id;
+        Box::pin(serve(
+            gateway.clone(),
+            Session::new(gateway, claims, outbox, conn_id),
+            admission,
+            sink,
+            stream,
+        ))
         .instrument(span)
         .await;
+    }
 }
 
-async fn serve(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn serve(
     gateway: Arc<Gateway>,
     mut session: Session,
     admission: super::Admission,
     sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
-) {
-    session.send(protocol::connected(
-        session.conn_id,
-        &session.claims.user,
-        gateway.settings.heartbeat_interval_ms,
-    ));
-    let outbox = session.outbox.clone();
-    let slow_notice = protocol::error_frame(
-        "slow_consumer",
-        "the connection fell too far behind; reconnect and resume",
-    );
-    let writer = tokio::spawn(
-        write_loop(
-            sink,
-            outbox.clone(),
-            Message::Text,
-            Some(Message::Text(slow_notice.into())),
-        )
-        .in_current_span(),
-    );
-    let reason = read_loop(&gateway, &mut session, &mut stream).await;
-    tracing::debug!(?reason, "connection ends");
-    if reason == CloseReason::SlowConsumer {
-        gateway.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-    }
-    outbox.close(reason);
-    session.close();
-    // The user's slot is free before the client can see the socket close.
-    drop(admission);
-    // A writer stuck on a client that stopped reading would hold the socket forever.
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), writer)
-        .await
-        .is_err()
-    {
-        tracing::debug!("writer still blocked after 2 s; dropping the socket");
-        abort.abort();
+) -> impl Future<Output = ()> + Send {
+    async move {
+        session.send(protocol::connected(
+            session.conn_id,
+            &session.claims.user,
+            gateway.settings.heartbeat_interval_ms,
+        ));
+        let slow_notice = protocol::error_frame(
+            "slow_consumer",
+            "the connection fell too far behind; reconnect and resume",
+        );
+        let writer = tokio::spawn(
+            write_loop(
+                sink,
+                session.outbox.clone(),
+                Message::Text,
+                Some(Message::Text(slow_notice.into())),
+            )
+            .in_current_span(),
+        );
+        let reason = read_loop(&gateway, &mut session, &mut stream).await;
+        tracing::debug!(?reason, "connection ends");
+        if reason == CloseReason::SlowConsumer {
+            gateway.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        session.outbox.close(reason);
+        session.close();
+        // The user's slot is free before the client can see the socket close.
+        drop(admission);
+        // A writer stuck on a client that stopped reading would hold the socket forever.
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), writer)
+            .await
+            .is_err()
+        {
+            tracing::debug!("writer still blocked after 2 s; dropping the socket");
+            abort.abort();
+        }
     }
 }
 
@@ -272,49 +297,64 @@ fn is_too_large(e: &axum::Error) -> bool {
 
 /// Drains `outbox` into the socket in batches; when it closes, tells the client why (a slow
 /// consumer first gets `slow_notice`, if any) and closes the socket.
-pub(super) async fn write_loop<F: Payload>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub(super) fn write_loop<F: Payload + Send + Sync + 'static>(
     mut sink: SplitSink<WebSocket, Message>,
     outbox: Arc<Outbox<F>>,
     message: fn(F) -> Message,
     slow_notice: Option<Message>,
-) {
-    let mut batch: Vec<F> = Vec::new();
-    loop {
-        match outbox.next_batch(&mut batch).await {
-            Ok(()) => {
-                for frame in batch.drain(..) {
-                    if sink.feed(message(frame)).await.is_err() {
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut batch: Vec<F> = Vec::new();
+        loop {
+            match outbox.next_batch(&mut batch).await {
+                Ok(()) => {
+                    for frame in batch.drain(..) {
+                        if sink.feed(message(frame)).await.is_err() {
+                            outbox.close(CloseReason::Gone);
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         outbox.close(CloseReason::Gone);
                         return;
                     }
                 }
-                if sink.flush().await.is_err() {
-                    outbox.close(CloseReason::Gone);
-                    return;
+                Err(reason) => {
+                    // Boxed: its timers would otherwise size every idle connection's writer.
+                    return Box::pin(say_why(sink, reason, slow_notice)).await;
                 }
-            }
-            Err(reason) => {
-                let (code, text) = match reason {
-                    CloseReason::Gone => return,
-                    CloseReason::SlowConsumer => {
-                        if let Some(notice) = slow_notice {
-                            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(notice))
-                                .await;
-                        }
-                        (4008, "slow_consumer")
-                    }
-                    CloseReason::Draining => (1012, "draining"),
-                    CloseReason::Policy(code) => (policy_close_code(code), code),
-                };
-                let close = Message::Close(Some(CloseFrame {
-                    code,
-                    reason: text.into(),
-                }));
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
-                return;
             }
         }
     }
+}
+
+/// Tells the client why its outbox closed (a slow consumer first gets `slow_notice`, if any),
+/// then closes the socket; waits at most a second for each frame.
+async fn say_why(
+    mut sink: SplitSink<WebSocket, Message>,
+    reason: CloseReason,
+    slow_notice: Option<Message>,
+) {
+    let (code, text) = match reason {
+        CloseReason::Gone => return,
+        CloseReason::SlowConsumer => {
+            if let Some(notice) = slow_notice {
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(notice)).await;
+            }
+            (4008, "slow_consumer")
+        }
+        CloseReason::Draining => (1012, "draining"),
+        CloseReason::Policy(code) => (policy_close_code(code), code),
+    };
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: text.into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
 }
 
 /// Close codes: 1009 for oversized input, 1013 to come back later, the 4000 range for the
