@@ -717,20 +717,23 @@ async fn a_claim_checks_do_not_disturb_on_the_rows_it_claims_only() {
         .collect::<Vec<_>>()
     };
 
+    // A claim in a transaction of its own: its rows, and the dnd_until calls it made.
+    let claim = |query: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.batch_execute("BEGIN").await.unwrap();
+            let before: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
+            let rows = sql.query(query, &[&night]).await.unwrap();
+            let after: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
+            sql.batch_execute("COMMIT").await.unwrap();
+            (rows, after - before)
+        }
+    };
+
     // The compatible function returns none of a batch it deferred.
-    sql.batch_execute("BEGIN").await.unwrap();
-    let before: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
-    let returned = sql
-        .query(
-            "SELECT * FROM realtime.claim_deliveries($1, 100)",
-            &[&night],
-        )
-        .await
-        .unwrap();
-    let after: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
-    sql.batch_execute("COMMIT").await.unwrap();
+    let (returned, calls) = claim("SELECT * FROM realtime.claim_deliveries($1, 100)").await;
     assert_eq!(returned.len(), 0);
-    assert_eq!(after - before, 100, "one dnd_until per claimed push");
+    assert_eq!(calls, 100, "one dnd_until per claimed push");
     assert_eq!(
         schedule().await,
         [(created, 900), (SystemTime::from(morning), 100)],
@@ -738,22 +741,13 @@ async fn a_claim_checks_do_not_disturb_on_the_rows_it_claims_only() {
     );
 
     // realtime.claim_deliveries_v2 returns the deferred rows, marked.
-    sql.batch_execute("BEGIN").await.unwrap();
-    let before: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
-    let claimed = sql
-        .query(
-            "SELECT deferred_until FROM realtime.claim_deliveries_v2($1, 100)",
-            &[&night],
-        )
-        .await
-        .unwrap();
-    let after: i64 = sql.query_one(dnd_calls, &[]).await.unwrap().get(0);
-    sql.batch_execute("COMMIT").await.unwrap();
+    let (claimed, calls) =
+        claim("SELECT deferred_until FROM realtime.claim_deliveries_v2($1, 100)").await;
     assert_eq!(claimed.len(), 100);
     assert!(claimed
         .iter()
         .all(|r| r.get::<_, Option<SystemTime>>(0) == Some(SystemTime::from(morning))));
-    assert_eq!(after - before, 100);
+    assert_eq!(calls, 100);
     assert_eq!(
         schedule().await,
         [(created, 800), (SystemTime::from(morning), 200)]
