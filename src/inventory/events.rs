@@ -213,33 +213,8 @@ fn booking(relation: &Relation, row: &Tuple) -> Option<Routed> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use replication::pgoutput::{Column as Def, ReplicaIdentity};
-
     use super::*;
-
-    fn relation(name: &str, columns: &[&str]) -> Arc<Relation> {
-        Arc::new(Relation {
-            id: 1,
-            namespace: "realtime".into(),
-            name: name.into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: columns
-                .iter()
-                .map(|c| Def {
-                    is_key: false,
-                    name: (*c).into(),
-                    type_oid: 25,
-                    type_modifier: -1,
-                })
-                .collect(),
-        })
-    }
-
-    fn t(s: &str) -> Column {
-        Column::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
-    }
+    use crate::wal::fixtures::{relation, t};
 
     fn json_of(frame: &Frame) -> Value {
         serde_json::from_str(frame.as_str()).unwrap()

@@ -87,33 +87,10 @@ pub fn route(change: &Change) -> Option<Routed> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use replication::pgoutput::{Column, ReplicaIdentity, Value};
+    use replication::pgoutput::Value;
 
     use super::*;
-
-    fn relation(name: &str, columns: &[&str]) -> Arc<Relation> {
-        Arc::new(Relation {
-            id: 1,
-            namespace: "realtime".into(),
-            name: name.into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: columns
-                .iter()
-                .map(|c| Column {
-                    is_key: false,
-                    name: (*c).into(),
-                    type_oid: 25,
-                    type_modifier: -1,
-                })
-                .collect(),
-        })
-    }
-
-    fn t(s: &str) -> Value {
-        Value::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
-    }
+    use crate::wal::fixtures::{relation, t};
 
     #[test]
     fn presence_rows_become_updates_of_their_users_room() {

@@ -21,6 +21,8 @@ use crate::notify::inapp::{self, Receipts};
 use crate::presence::Presence;
 use crate::protocol;
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod route;
 
 pub use route::{route, Routed};

@@ -181,33 +181,8 @@ fn is(relation: &Relation, table: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use replication::pgoutput::{Column, ReplicaIdentity};
-
+    use super::super::fixtures::{relation, t};
     use super::*;
-
-    fn relation(name: &str, columns: &[&str]) -> Arc<Relation> {
-        Arc::new(Relation {
-            id: 1,
-            namespace: "realtime".into(),
-            name: name.into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: columns
-                .iter()
-                .map(|c| Column {
-                    is_key: false,
-                    name: (*c).into(),
-                    type_oid: 25,
-                    type_modifier: -1,
-                })
-                .collect(),
-        })
-    }
-
-    fn t(s: &str) -> Value {
-        Value::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
-    }
 
     #[test]
     fn message_inserts_become_room_frames() {
