@@ -6,6 +6,7 @@
 //! applied. An undecodable, oversized or dependency-missing update closes the connection for a
 //! protocol violation and changes nothing.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,70 +55,84 @@ pub(super) async fn upgrade(
         .max_frame_size(limit)
         .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| run(gateway, socket, claims, doc, access.write))
+        .on_upgrade(move |socket| run(gateway, socket.split(), claims, doc, access.write))
 }
 
-async fn run(gateway: Arc<Gateway>, socket: WebSocket, claims: Claims, doc: String, write: bool) {
-    let (mut sink, stream) = socket.split();
-    // The admission's outbox carries the gateway's control notices (draining closes it);
-    // document messages go through their own binary outbox.
-    let control = Arc::new(Outbox::new(0));
-    let admission = match gateway.admit(&claims.user, control.clone()) {
-        Ok(admission) => admission,
-        Err(refusal) => return close_with(&mut sink, 1013, refusal.code).await,
-    };
-    let conn = admission.conn_id;
-    let span = tracing::info_span!("yjs", id = conn, user = %claims.user, doc = %doc);
-    async {
-        let outbox = Arc::new(Outbox::<Bytes>::new(
-            gateway.settings.connection_queue_bytes,
-        ));
-        // Boxed: loading a document awaits the database, and an inline future that size would
-        // stay part of every idle connection's task.
-        let join = gateway.docs.join(
-            &doc,
-            conn,
-            &claims.user,
-            claims.rooms.allows(&doc),
-            Peer::Binary(outbox.clone()),
-        );
-        let handle = match Box::pin(join).await {
-            Ok(handle) => handle,
-            Err(e) => {
-                tracing::warn!(error = %e, "loading the document failed");
-                return close_with(&mut sink, 1011, "unavailable").await;
+/// Written as an `async move` block over its arguments, with the socket split before, for the
+/// reason given at `ws::run`: what an idle connection's task keeps.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+fn run(
+    gateway: Arc<Gateway>,
+    (mut sink, stream): (SplitSink<WebSocket, Message>, SplitStream<WebSocket>),
+    claims: Claims,
+    doc: String,
+    write: bool,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // The admission's outbox carries the gateway's control notices (draining closes it);
+        // document messages go through their own binary outbox.
+        let control = Arc::new(Outbox::new(0));
+        let admission = match gateway.admit(&claims.user, control.clone()) {
+            Ok(admission) => admission,
+            Err(refusal) => return Box::pin(close_with(&mut sink, 1013, refusal.code)).await,
+        };
+        let conn = admission.conn_id;
+        let span = tracing::info_span!("yjs", id = conn, user = %claims.user, doc = %doc);
+        async {
+            let outbox = Arc::new(Outbox::<Bytes>::new(
+                gateway.settings.connection_queue_bytes,
+            ));
+            // Boxed: loading a document awaits the database, and an inline future that size would
+            // stay part of every idle connection's task.
+            let join = gateway.docs.join(
+                &doc,
+                conn,
+                &claims.user,
+                claims.rooms.allows(&doc),
+                Peer::Binary(outbox.clone()),
+            );
+            let handle = match Box::pin(join).await {
+                Ok(handle) => handle,
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the document failed");
+                    return Box::pin(close_with(&mut sink, 1011, "unavailable")).await;
+                }
+            };
+            for message in handle.greeting() {
+                outbox.push(message);
             }
-        };
-        for message in handle.greeting() {
-            outbox.push(message);
+            let writer = tokio::spawn(
+                write_loop(sink, outbox.clone(), Message::Binary, None).in_current_span(),
+            );
+            let mut editor = Editor {
+                gateway: &gateway,
+                handle: &handle,
+                outbox: &outbox,
+                user: &claims.user,
+                conn,
+                write,
+                told_read_only: false,
+            };
+            let reason = editor.read_loop(stream, &control, claims.expires_at).await;
+            tracing::debug!(?reason, "connection ends");
+            handle.leave(conn);
+            outbox.close(reason);
+            // The user's slot is free before the client can see the socket close.
+            drop(admission);
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), writer)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
-        let writer =
-            tokio::spawn(write_loop(sink, outbox.clone(), Message::Binary, None).in_current_span());
-        let mut editor = Editor {
-            gateway: &gateway,
-            handle: &handle,
-            outbox: &outbox,
-            user: &claims.user,
-            conn,
-            write,
-            told_read_only: false,
-        };
-        let reason = editor.read_loop(stream, &control, claims.expires_at).await;
-        tracing::debug!(?reason, "connection ends");
-        handle.leave(conn);
-        outbox.close(reason);
-        // The user's slot is free before the client can see the socket close.
-        drop(admission);
-        let abort = writer.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), writer)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
+        .instrument(span)
+        .await;
     }
-    .instrument(span)
-    .await;
 }
 
 struct Editor<'a> {
