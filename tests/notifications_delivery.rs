@@ -76,6 +76,8 @@ impl Providers {
                 "TRIPTRIP_VAPID_SUBJECT",
                 "mailto:ops@triptrip.example".to_owned(),
             ),
+            // The Web Push stand-in listens on loopback.
+            ("TRIPTRIP_WEBPUSH_ALLOW_PRIVATE", "true".to_owned()),
             ("TRIPTRIP_SMTP_URL", smtp.url()),
             (
                 "TRIPTRIP_SMTP_FROM",

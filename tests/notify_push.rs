@@ -420,15 +420,22 @@ async fn apns_down_is_transient() {
 // ---------------------------------------------------------------------------------------------
 // Web Push
 
-fn webpush(files: &Files) -> WebPushProvider {
+/// A Web Push provider; the stand-in listens on loopback, so non-public endpoints are allowed
+/// unless `public_only`.
+fn webpush_with(files: &Files, public_only: bool) -> WebPushProvider {
     let pem = standins::webpush::new_vapid_key_pem().expect("VAPID key");
     let settings = WebPushSettings {
         vapid_private_key_file: Some(files.write("vapid.pem", &pem)),
         vapid_subject: Some("mailto:push@triptrip.example".into()),
+        webpush_allow_private: !public_only,
     };
     WebPushProvider::from_settings(&settings, &files.http())
         .expect("valid Web Push settings")
         .expect("Web Push configured")
+}
+
+fn webpush(files: &Files) -> WebPushProvider {
+    webpush_with(files, false)
 }
 
 fn push_target(subscription: &Subscription) -> Target {
@@ -479,6 +486,52 @@ async fn webpush_browser_decrypts_exactly_what_was_sent() {
     assert_eq!(messages[1].urgency.as_deref(), Some("low"));
     let location = sent.provider_id.expect("Location");
     assert!(location.starts_with(&stand_in.origin()), "{location}");
+}
+
+#[tokio::test]
+async fn webpush_endpoints_that_reach_this_network_are_refused_and_never_contacted() {
+    let stand_in = WebPushStandIn::start().await.expect("stand-in");
+    let files = Files::new();
+    let provider = webpush_with(&files, true);
+    let subscription = stand_in.subscribe();
+    // The stand-in by its address, and by a name that resolves to loopback only.
+    let port = subscription
+        .endpoint
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("endpoint with a port")
+        .to_owned();
+    let by_name = subscription.endpoint.replacen("127.0.0.1", "localhost", 1);
+    assert!(by_name.contains(&format!("localhost:{port}")), "{by_name}");
+    for (endpoint, why) in [
+        (
+            subscription.endpoint.clone(),
+            "non-public address 127.0.0.1",
+        ),
+        (by_name, "localhost resolves to no public address"),
+        (
+            "https://169.254.169.254/latest/meta-data".to_owned(),
+            "non-public address 169.254.169.254",
+        ),
+        ("https://[::1]:9/x".to_owned(), "non-public address ::1"),
+    ] {
+        let target = Target::WebPush {
+            endpoint: endpoint.clone(),
+            p256dh: subscription.p256dh.clone(),
+            auth: subscription.auth.clone(),
+        };
+        let result = provider.send(&target, &message(Priority::High)).await;
+        match &result {
+            Err(SendError::InvalidTarget(reason)) => {
+                assert!(reason.contains(why), "{endpoint}: {reason}")
+            }
+            other => panic!("{endpoint}: {other:?}"),
+        }
+    }
+    assert!(
+        stand_in.messages().is_empty(),
+        "nothing reached the stand-in"
+    );
 }
 
 #[tokio::test]
@@ -652,6 +705,7 @@ fn unconfigured_providers_are_off_and_unusable_settings_are_reported() {
     let no_webpush = WebPushSettings {
         vapid_private_key_file: None,
         vapid_subject: None,
+        webpush_allow_private: false,
     };
     assert!(WebPushProvider::from_settings(&no_webpush, &http)
         .expect("ok")
@@ -681,6 +735,7 @@ fn unconfigured_providers_are_off_and_unusable_settings_are_reported() {
         &WebPushSettings {
             vapid_private_key_file: Some(files.write("vapid.pem", &vapid_pem)),
             vapid_subject: None,
+            webpush_allow_private: false,
         },
         &http,
     )
@@ -693,6 +748,7 @@ fn unconfigured_providers_are_off_and_unusable_settings_are_reported() {
         &WebPushSettings {
             vapid_private_key_file: Some(files.write("vapid.pem", &vapid_pem)),
             vapid_subject: Some("https://triptrip.example".into()),
+            webpush_allow_private: false,
         },
         &missing_ca,
     )

@@ -36,6 +36,15 @@ impl ProviderHttpSettings {
             .map_err(|e| ConfigError::new(CA_SETTING, describe(&e)))
     }
 
+    /// [`Self::client`] that connects to public addresses only (see [`super::egress`]): for
+    /// URLs that clients choose.
+    pub fn public_client(&self) -> Result<reqwest::Client, ConfigError> {
+        self.builder()?
+            .dns_resolver(std::sync::Arc::new(super::egress::PublicOnly))
+            .build()
+            .map_err(|e| ConfigError::new(CA_SETTING, describe(&e)))
+    }
+
     /// A client that speaks only HTTP/2 (ALPN `h2`), as APNs requires.
     pub fn http2_client(&self) -> Result<reqwest::Client, ConfigError> {
         self.builder()?

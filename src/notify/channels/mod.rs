@@ -8,6 +8,7 @@
 
 pub mod apns;
 mod configured;
+pub mod egress;
 pub mod email;
 pub mod fcm;
 pub mod http;

@@ -11,6 +11,7 @@ mod vapid;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,7 +25,8 @@ use serde_json::json;
 
 use self::ece::Subscriber;
 use self::vapid::VapidKey;
-use super::http::{read_body, transport_error, wrong_target, ProviderHttpSettings};
+use super::egress;
+use super::http::{describe, read_body, transport_error, wrong_target, ProviderHttpSettings};
 use super::{ConfigError, Message, Priority, SendError, Sent, Target};
 
 const PROVIDER: &str = "Web Push";
@@ -50,11 +52,24 @@ pub struct WebPushSettings {
     /// Who push services can contact about our traffic: a `mailto:` or `https:` URL.
     #[arg(long, global = true, env = "TRIPTRIP_VAPID_SUBJECT")]
     pub vapid_subject: Option<String>,
+
+    /// Also post to subscription endpoints on loopback, private and other non-public addresses
+    /// (a push service inside your own network, or a test stand-in). Off by default: endpoints
+    /// come from clients, and may not make this server reach its own network.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIPTRIP_WEBPUSH_ALLOW_PRIVATE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub webpush_allow_private: bool,
 }
 
 /// Sends notifications to Web Push subscriptions.
 pub struct WebPushProvider {
     client: reqwest::Client,
+    /// Endpoints on non-public addresses are allowed (`TRIPTRIP_WEBPUSH_ALLOW_PRIVATE`).
+    allow_private: bool,
     vapid: VapidKey,
     subject: String,
     /// Signed `Authorization` values per push-service origin, and until when to use them.
@@ -100,8 +115,14 @@ impl WebPushProvider {
                 ))
             }
         };
+        let allow_private = settings.webpush_allow_private;
         Ok(Some(Self {
-            client: http.client()?,
+            client: if allow_private {
+                http.client()?
+            } else {
+                http.public_client()?
+            },
+            allow_private,
             vapid,
             subject,
             headers: Mutex::new(HashMap::new()),
@@ -125,7 +146,7 @@ impl WebPushProvider {
         else {
             return Err(wrong_target(PROVIDER, target));
         };
-        let url = push_endpoint(endpoint)?;
+        let url = push_endpoint(endpoint, self.allow_private)?;
         let subscriber = Subscriber::from_base64url(p256dh, auth)
             .map_err(|e| SendError::InvalidTarget(format!("{PROVIDER}: {e}")))?;
 
@@ -163,7 +184,13 @@ impl WebPushProvider {
             .body(Bytes::from(body))
             .send()
             .await
-            .map_err(|e| transport_error(PROVIDER, &e))?;
+            .map_err(|e| {
+                if egress::is_refusal(&e) {
+                    SendError::InvalidTarget(format!("{PROVIDER}: {}", describe(&e)))
+                } else {
+                    transport_error(PROVIDER, &e)
+                }
+            })?;
         let status = response.status().as_u16();
         let location = response
             .headers()
@@ -205,16 +232,31 @@ impl WebPushProvider {
     }
 }
 
-/// The subscription's endpoint, if it is an https URL (the Push API hands out nothing else).
-fn push_endpoint(endpoint: &str) -> Result<reqwest::Url, SendError> {
-    reqwest::Url::parse(endpoint)
+/// The subscription's endpoint, if it is an https URL (the Push API hands out nothing else)
+/// and, unless `allow_private`, its host is not a non-public IP address. A name is checked
+/// when it is resolved, by the client's [`egress::PublicOnly`] resolver.
+fn push_endpoint(endpoint: &str, allow_private: bool) -> Result<reqwest::Url, SendError> {
+    let url = reqwest::Url::parse(endpoint)
         .ok()
         .filter(|url| url.scheme() == "https" && url.host().is_some())
         .ok_or_else(|| {
             SendError::InvalidTarget(format!(
                 "{PROVIDER}: the subscription endpoint is not an https URL"
             ))
-        })
+        })?;
+    // An IP host is never resolved, so the resolver cannot judge it: it is judged here.
+    let ip = url.host_str().and_then(|host| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+    });
+    if let Some(ip) = ip.filter(|ip| !allow_private && !egress::is_public(*ip)) {
+        return Err(SendError::InvalidTarget(format!(
+            "{PROVIDER}: the subscription endpoint is the non-public address {ip}"
+        )));
+    }
+    Ok(url)
 }
 
 /// A fresh P-256 key for one message's ECDH.
@@ -264,7 +306,7 @@ mod tests {
 
     #[test]
     fn only_https_endpoints_are_push_endpoints() {
-        assert!(push_endpoint("https://fcm.googleapis.com/fcm/send/abc").is_ok());
+        assert!(push_endpoint("https://fcm.googleapis.com/fcm/send/abc", false).is_ok());
         for bad in [
             "http://push.example/x",
             "not a url",
@@ -272,10 +314,33 @@ mod tests {
             "file:///etc/passwd",
         ] {
             assert!(matches!(
-                push_endpoint(bad),
+                push_endpoint(bad, true),
                 Err(SendError::InvalidTarget(_))
             ));
         }
+    }
+
+    #[test]
+    fn endpoints_on_non_public_addresses_are_refused_unless_allowed() {
+        for private in [
+            "https://127.0.0.1:8443/push",
+            "https://169.254.169.254/latest/meta-data",
+            "https://10.0.0.5/x",
+            "https://[::1]/x",
+            "https://[::ffff:192.168.0.1]/x",
+        ] {
+            match push_endpoint(private, false) {
+                Err(SendError::InvalidTarget(reason)) => {
+                    assert!(reason.contains("non-public"), "{reason}")
+                }
+                other => panic!("{private}: {other:?}"),
+            }
+            assert!(
+                push_endpoint(private, true).is_ok(),
+                "{private} when allowed"
+            );
+        }
+        assert!(push_endpoint("https://8.8.8.8/x", false).is_ok());
     }
 
     #[test]
