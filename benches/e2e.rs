@@ -28,17 +28,16 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::loadgen::{self, room_name, Target, PAD};
+use common::sql::{self, write_paced, PacedWriter};
 use common::{
-    format_cpu, http_get, loadavg, machine, metric, num, open_files_limit, postmaster_pid, rss_kb,
-    unix_nanos, BoxError, CpuWatch, Histogram, LoadgenProc, ServerProc,
+    format_cpu, knob, latencies_ms, loadavg, num, postmaster_pid, print_lags, print_machine,
+    rss_kb, unix_nanos, BoxError, CpuWatch, LagSampler, LoadgenProc, ServerProc,
 };
 use pgcluster::Cluster;
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, Statement};
 
 const ROOMS: usize = 100;
 const SUBS: usize = 100;
@@ -59,11 +58,22 @@ fn main() {
     common::bench_main("e2e", run);
 }
 
-/// A number from the environment (for exploring), else `default`.
-fn knob(name: &str, default: f64) -> Result<f64, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}: {e}"))?),
-        Err(_) => Ok(default),
+/// Writer `w` publishes to rooms `w`, `w + WRITERS`, … in turn.
+struct Writer {
+    client: Client,
+    statement: Statement,
+    rooms: Vec<String>,
+}
+
+impl PacedWriter for Writer {
+    async fn write(&mut self, j: usize) -> Result<Duration, tokio_postgres::Error> {
+        let k = j % self.rooms.len();
+        let sent = Instant::now();
+        let t = unix_nanos() as i64;
+        self.client
+            .query_one(&self.statement, &[&self.rooms[k], &t, &PAD])
+            .await?;
+        Ok(sent.elapsed())
     }
 }
 
@@ -81,23 +91,13 @@ async fn run() -> Result<(), BoxError> {
          ({:.0} deliveries/s offered)",
         rate * subs as f64
     );
-    println!(
-        "machine: {}; load average at start: {}; open files limit: {}",
-        machine(),
-        loadavg(),
-        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
-    );
+    print_machine();
 
     let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
     let url = cluster.url("postgres");
     let server = ServerProc::start(&url).await?;
     let postmaster = postmaster_pid(cluster.pgdata()).ok_or("no postmaster.pid")?;
-    println!(
-        "server: pid {} on 127.0.0.1:{}; PostgreSQL on 127.0.0.1:{}",
-        server.pid(),
-        server.port,
-        cluster.port()
-    );
+    server.print(cluster.port());
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = rss_kb(server.pid());
@@ -110,16 +110,7 @@ async fn run() -> Result<(), BoxError> {
         publishers: false,
     })?;
     let ready = lg.expect("READY", Duration::from_secs(300)).await?;
-    let joined = num(&ready, "joined") as usize;
-    println!(
-        "load generator: pid {}; {joined} connections joined in {:.1} s ({} failed)",
-        lg.pid(),
-        num(&ready, "connect_secs"),
-        num(&ready, "failed")
-    );
-    if joined != conns {
-        return Err(format!("only {joined} of {conns} connections joined").into());
-    }
+    lg.check_ready(&ready, "joined", "connections joined", conns, "")?;
     tokio::time::sleep(SETTLE).await;
     let rss_idle = rss_kb(server.pid());
     let rss_per_conn = rss_idle.saturating_sub(rss_before) as f64 / conns as f64;
@@ -131,125 +122,49 @@ async fn run() -> Result<(), BoxError> {
 
     // Writers: connected and prepared before the clock starts.
     let mut writers = Vec::new();
-    for _ in 0..WRITERS {
-        let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+    for w in 0..WRITERS {
+        let client = sql::connect(&url).await?;
         let statement = client
             .prepare(
                 "SELECT realtime.publish($1, 'bench', jsonb_build_object('t', $2::bigint, 'pad', $3::text))",
             )
             .await?;
-        writers.push((client, statement));
+        let rooms = (0..ROOMS / WRITERS)
+            .map(|k| room_name(w + k * WRITERS))
+            .collect();
+        writers.push(Writer {
+            client,
+            statement,
+            rooms,
+        });
     }
 
-    let watch = CpuWatch {
-        procs: vec![
-            ("server", server.pid(), false),
-            ("load generator", lg.pid(), false),
-            ("PostgreSQL", postmaster, true),
-            ("orchestrator+writers", std::process::id(), false),
-        ],
-    };
+    let watch = CpuWatch::with_writers(server.pid(), lg.pid(), postmaster, "orchestrator+writers");
     println!("load average before writing: {}", loadavg());
-    let commit_rtt = Arc::new(Histogram::default());
-    let failures = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let port = server.port;
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut lags = Vec::new();
-            loop {
-                if let Some((200, text)) = http_get(port, "/metrics").await {
-                    if let Some(lag) = metric(&text, "triptrip_replication_lag_seconds") {
-                        lags.push(lag * 1000.0);
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = stop_rx.changed() => break,
-                }
-            }
-            lags
-        });
-        (stop_tx, task)
-    };
+    let sampler = LagSampler::start(server.port);
     let cpu_start = watch.snapshot();
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let end = start + Duration::from_secs_f64(write_secs);
-    let mut tasks = Vec::new();
-    for (w, (client, statement)) in writers.into_iter().enumerate() {
-        let (commit_rtt, failures) = (commit_rtt.clone(), failures.clone());
-        tasks.push(tokio::spawn(async move {
-            let period = 1.0 / per_writer;
-            let offset = w as f64 * period / WRITERS as f64;
-            let rooms: Vec<String> = (0..ROOMS / WRITERS)
-                .map(|k| room_name(w + k * WRITERS))
-                .collect();
-            let mut written = vec![0u64; rooms.len()];
-            let mut j = 0usize;
-            loop {
-                let at = start + Duration::from_secs_f64(offset + j as f64 * period);
-                if at >= end {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                let k = j % rooms.len();
-                let sent = Instant::now();
-                let t = unix_nanos() as i64;
-                match client.query_one(&statement, &[&rooms[k], &t, &PAD]).await {
-                    Ok(_) => {
-                        written[k] += 1;
-                        commit_rtt.record(sent.elapsed().as_micros() as u64);
-                    }
-                    Err(e) => {
-                        if failures.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("writer {w}: {e}");
-                        }
-                    }
-                }
-                j += 1;
-            }
-            (client, written.iter().sum::<u64>())
-        }));
-    }
-    let mut rows = 0u64;
-    let mut clients = Vec::new();
-    for task in tasks {
-        let (client, written) = task.await?;
-        rows += written;
-        clients.push(client);
-    }
+    let writes = write_paced(writers, per_writer, start, end).await?;
+    let rows = writes.written;
     let cpu_end = watch.snapshot();
     let wrote_secs = start.elapsed().as_secs_f64();
-    let _ = sampler.0.send(true);
-    let mut lags = sampler.1.await?;
-    lags.sort_by(f64::total_cmp);
+    let lags = sampler.stop().await?;
     let cpu = watch.percent(&cpu_start, &cpu_end);
     let rss_loaded = rss_kb(server.pid());
     println!("load average after writing: {}", loadavg());
 
     // The tail: wait until every delivery arrived or TAIL passed.
     let expected = rows * subs as u64;
-    let tail_start = Instant::now();
-    loop {
-        lg.send("STATUS").await?;
-        let status = lg.expect("STATUS", Duration::from_secs(30)).await?;
-        if num(&status, "received") as u64 >= expected || tail_start.elapsed() >= TAIL {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    lg.send("REPORT").await?;
-    let report = lg.expect("REPORT", Duration::from_secs(30)).await?;
+    let report = lg.tail_report(expected, TAIL).await?;
     lg.quit().await;
 
-    let in_db: i64 = clients[0]
+    let in_db: i64 = writes.writers[0]
+        .client
         .query_one("SELECT count(*) FROM realtime.messages", &[])
         .await?
         .get(0);
-    drop(clients);
+    drop(writes.writers);
 
     let received = num(&report, "received") as u64;
     let lost = expected.saturating_sub(received);
@@ -260,16 +175,14 @@ async fn run() -> Result<(), BoxError> {
         0.0
     };
     let ms = |key: &str| num(&report, key) / 1000.0;
-    let (p50, p99, p999) = (ms("p50_us"), ms("p99_us"), ms("p999_us"));
+    let (p50, p99) = (ms("p50_us"), ms("p99_us"));
 
     println!(
         "writers: {rows} rows committed in {wrote_secs:.1} s ({:.0} rows/s; {} failed; {in_db} rows in realtime.messages); \
-         statement round trip incl. commit p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+         statement round trip incl. commit {}",
         rows as f64 / wrote_secs,
-        failures.load(Ordering::Relaxed),
-        commit_rtt.quantile(0.5) / 1000.0,
-        commit_rtt.quantile(0.99) / 1000.0,
-        commit_rtt.max_micros() as f64 / 1000.0,
+        writes.failures,
+        writes.round_trips.round_trips_ms(),
     );
     println!(
         "deliveries: {received} of {expected} expected ({lost} lost) over {span_s:.1} s = {deliveries_per_s:.0}/s; \
@@ -282,19 +195,8 @@ async fn run() -> Result<(), BoxError> {
         num(&report, "closed"),
         num(&report, "errors"),
     );
-    println!(
-        "commit-to-client latency: p50 {p50:.2} ms, p90 {:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {:.2} ms",
-        ms("p90_us"),
-        ms("max_us"),
-    );
-    if !lags.is_empty() {
-        println!(
-            "server replication lag (commit to hub, /metrics every 250 ms while writing): median {:.1} ms, max {:.1} ms over {} samples",
-            lags[lags.len() / 2],
-            lags[lags.len() - 1],
-            lags.len()
-        );
-    }
+    println!("commit-to-client latency: {}", latencies_ms(&report));
+    print_lags(&lags);
     let offered = rows as f64 * subs as f64 / wrote_secs;
     let per_delivery = |pct: f64| pct / 100.0 * 1e6 / offered.max(1.0);
     println!(

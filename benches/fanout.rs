@@ -24,16 +24,15 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::loadgen::{self, Target};
+use common::node::{node_version, package_version, start_node, NodeProc};
 use common::{
-    format_cpu, free_port, loadavg, machine, num, open_files_limit, rss_kb, BoxError, CpuWatch,
-    LoadgenProc, ServerProc,
+    format_cpu, format_ladder, knob, list_knob, loadavg, num, print_machine, rss_kb, step_failures,
+    BoxError, CpuWatch, LoadgenProc, ServerProc,
 };
 use pgcluster::Cluster;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const ROOMS: usize = 100;
 const SUBS: usize = 100;
@@ -55,21 +54,11 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Result<Plan, BoxError> {
-        let ladder = match std::env::var("FANOUT_LADDER") {
-            Ok(list) => list
-                .split(',')
-                .map(|r| r.trim().parse::<f64>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("FANOUT_LADDER: {e}"))?,
-            Err(_) => LADDER.to_vec(),
-        };
+        let ladder = list_knob("FANOUT_LADDER", LADDER)?;
         if ladder.is_empty() || ladder.len() > loadgen::MAX_STEPS {
             return Err(format!("the ladder needs 1 to {} steps", loadgen::MAX_STEPS).into());
         }
-        let step_secs = match std::env::var("FANOUT_STEP_SECS") {
-            Ok(secs) => secs.parse().map_err(|e| format!("FANOUT_STEP_SECS: {e}"))?,
-            Err(_) => STEP_SECS,
-        };
+        let step_secs = knob("FANOUT_STEP_SECS", STEP_SECS)?;
         let targets = std::env::var("FANOUT_TARGETS").unwrap_or_else(|_| "ours,socketio".into());
         Ok(Plan {
             ladder,
@@ -92,19 +81,10 @@ async fn run() -> Result<(), BoxError> {
         "fanout bench: {ROOMS} rooms x {SUBS} subscribers = {} WebSocket connections + {ROOMS} publishers; \
          ladder {} events/s, {:.0} s per step; pass = p99 <= {GOAL_P99_MS} ms, nothing lost",
         ROOMS * SUBS,
-        plan.ladder
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join("/"),
+        format_ladder(&plan.ladder),
         plan.step_secs,
     );
-    println!(
-        "machine: {}; load average at start: {}; open files limit: {}",
-        machine(),
-        loadavg(),
-        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
-    );
+    print_machine();
 
     let mut ours = 0.0;
     if plan.ours {
@@ -207,22 +187,8 @@ async fn ladder(plan: &Plan, target: Target, port: u16, server_pid: u32) -> Resu
         let cpu = watch.percent(&cpu_start, &cpu_end);
         let ms = |key: &str| num(&done, key) / 1000.0;
         let sent_per_s = num(&done, "sent_per_s");
-        let lost = num(&done, "lost");
-        let closed = num(&done, "closed");
         let p99 = ms("p99_us");
-        let mut why = Vec::new();
-        if p99 > GOAL_P99_MS {
-            why.push(format!("p99 {p99:.1} ms > {GOAL_P99_MS} ms"));
-        }
-        if lost > 0.0 {
-            why.push(format!("{lost:.0} lost"));
-        }
-        if closed > 0.0 {
-            why.push(format!("{closed:.0} connections closed"));
-        }
-        if sent_per_s < 0.95 * rate {
-            why.push(format!("publishers reached only {sent_per_s:.0} events/s"));
-        }
+        let why = step_failures(&done, rate, GOAL_P99_MS, "publishers", "events/s");
         let server_us = cpu[0].1 / 100.0 * 1e6 / (sent_per_s * SUBS as f64).max(1.0);
         println!(
             "  {rate:>5.0} events/s ({:>7.0} deliveries/s): sent {:.0}/s, received {:.0}/{:.0}, \
@@ -279,42 +245,21 @@ impl NodeServer {
     async fn start() -> Result<NodeServer, BoxError> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/socketio");
         let package = dir.join("node_modules/socket.io/package.json");
-        let socket_io_version = std::fs::read_to_string(&package)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|v| v["version"].as_str().map(str::to_owned))
-            .ok_or_else(|| {
-                format!(
-                    "{} is missing: run `npm install --no-audit --no-fund` in {} (./bench.sh fanout does)",
-                    package.display(),
-                    dir.display()
-                )
-            })?;
+        let socket_io_version = package_version(&package).ok_or_else(|| {
+            format!(
+                "{} is missing: run `npm install --no-audit --no-fund` in {} (./bench.sh fanout does)",
+                package.display(),
+                dir.display()
+            )
+        })?;
         let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
-        let node_version = std::process::Command::new(&node)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .map_err(|e| format!("cannot run {node}: {e}"))?;
-        let port = free_port();
-        let mut child = tokio::process::Command::new(&node)
-            .arg(dir.join("server.js"))
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let pid = child.id().ok_or("node exited")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .map_err(|_| "the Socket.IO server did not start within 30 s")??
-            .ok_or("the Socket.IO server exited")?;
-        if !line.starts_with("listening") {
-            return Err(format!("unexpected first line from the Socket.IO server: {line}").into());
-        }
+        let node_version = node_version(&node).map_err(|e| format!("cannot run {node}: {e}"))?;
+        let NodeProc {
+            child,
+            pid,
+            port,
+            mut lines,
+        } = start_node(&node, &dir.join("server.js"), &[], "Socket.IO").await?;
         // Keep draining its stdout so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(NodeServer {

@@ -12,14 +12,18 @@
 //! The last line is machine-readable:
 //! `RESULT replication ours_rows_per_s=<int> pg_recvlogical_rows_per_s=<int> ratio=<x.xx>`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{cores_and_cpu, postmaster_pid, sql, BoxError};
 use pgcluster::Cluster;
 use replication::{Change, ConnectConfig, Event, Lsn, ReplicationStream, StreamConfig};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const TRANSACTIONS: i64 = 2_000;
 const ROWS_PER_TRANSACTION: i64 = 100;
@@ -31,31 +35,14 @@ const PUBLICATION: &str = "bench_pub";
 /// A run that takes longer than this is broken, not slow.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to filter here.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    // On a worker thread, as the server runs its stream, not on the thread that blocks on it.
-    let result = runtime.block_on(async { tokio::spawn(run()).await });
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("replication bench failed: {e}");
-            std::process::exit(1);
-        }
-        Err(e) => {
-            eprintln!("replication bench panicked: {e}");
-            std::process::exit(1);
-        }
-    }
+    // `cargo bench` passes `--bench`; nothing to filter here. `run` runs on a worker thread, as
+    // the server runs its stream, not on the thread that blocks on it.
+    common::bench_main("replication", run);
 }
 
 async fn run() -> Result<(), BoxError> {
-    let (cores, cpu) = machine();
+    let (cores, cpu) = cores_and_cpu();
     let runs = match std::env::var("BENCH_RUNS") {
         Ok(v) => v
             .parse::<usize>()
@@ -78,7 +65,7 @@ async fn run() -> Result<(), BoxError> {
         ])
     })
     .await??;
-    let client = sql_client(&cluster.url("postgres")).await?;
+    let client = sql::connect(&cluster.url("postgres")).await?;
     let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
     println!(
         "cluster: PostgreSQL {version} on 127.0.0.1:{}, binaries in {}",
@@ -142,7 +129,7 @@ async fn run() -> Result<(), BoxError> {
     );
 
     let out_dir = tempfile::tempdir()?;
-    let postmaster = postmaster_pid(cluster.pgdata())?;
+    let postmaster = postmaster_pid(cluster.pgdata()).ok_or("no postmaster.pid")?;
     let mut recv_rates = Vec::new();
     let mut ours_rates = Vec::new();
     for i in 1..=runs {
@@ -304,14 +291,6 @@ async fn run_ours(cluster: &Cluster, slot: &str, end_lsn: Lsn) -> Result<f64, Bo
     Ok(secs)
 }
 
-async fn sql_client(url: &str) -> Result<Client, BoxError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
 async fn current_wal_lsn(client: &Client) -> Result<Lsn, BoxError> {
     let text: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -342,12 +321,6 @@ async fn wait_inactive(client: &Client, slot: &str) -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn postmaster_pid(pgdata: &Path) -> Result<u32, BoxError> {
-    let text = std::fs::read_to_string(pgdata.join("postmaster.pid"))?;
-    let pid = text.lines().next().unwrap_or("").trim().parse()?;
-    Ok(pid)
 }
 
 /// CPU seconds (user + system) from /proc: this process, its reaped children
@@ -407,19 +380,4 @@ fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
-}
-
-/// Cores available to us and the CPU model from /proc/cpuinfo.
-fn machine() -> (usize, String) {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    (cores, cpu)
 }

@@ -18,6 +18,7 @@
 //! histograms, one set per worker thread.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -139,12 +140,18 @@ pub(crate) fn main(args: &[String]) -> ! {
         eprintln!("loadgen: {e}");
         std::process::exit(2);
     });
+    run_process(run(options))
+}
+
+/// Runs a load generator's `run` on a multi-threaded runtime and exits: 0 when it returns
+/// `Ok`, 1 when it fails. The sockets are simply dropped with the process.
+pub(crate) fn run_process(run: impl Future<Output = Result<(), BoxError>>) -> ! {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async move {
-        match run(options).await {
+        match run.await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("loadgen: {e}");
@@ -152,8 +159,59 @@ pub(crate) fn main(args: &[String]) -> ! {
             }
         }
     });
-    // The sockets are simply dropped with the process.
     std::process::exit(code)
+}
+
+/// The arguments `--loadgen PORT A B` that start a load generator of two numbers.
+pub(crate) fn positional_args(port: u16, a: usize, b: usize) -> Vec<String> {
+    [
+        "--loadgen".to_owned(),
+        port.to_string(),
+        a.to_string(),
+        b.to_string(),
+    ]
+    .to_vec()
+}
+
+/// The port and the two numbers of [`positional_args`]; exits 2 with `usage` when they are
+/// not there.
+pub(crate) fn from_positional_args(args: &[String], usage: &str) -> (u16, usize, usize) {
+    let at = args.iter().position(|a| a == "--loadgen").unwrap_or(0);
+    let number = |i: usize| args.get(at + i).and_then(|a| a.parse::<usize>().ok());
+    let (Some(port), Some(a), Some(b)) = (number(1), number(2), number(3)) else {
+        eprintln!("loadgen: usage: {usage}");
+        std::process::exit(2);
+    };
+    (port as u16, a, b)
+}
+
+/// The orchestrator's commands, one line each, read from stdin on a plain thread (tokio's
+/// stdin needs a feature this workspace does not enable).
+pub(crate) fn stdin_commands() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (command_tx, commands) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if command_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    commands
+}
+
+/// What every client does with a frame that carries no event: a reply to the server's ping,
+/// or an error frame counted in `errors` (the first five printed).
+pub(crate) fn control_frame(text: &str, errors: &AtomicU64) -> Option<&'static str> {
+    if text.contains(r#""type":"ping""#) {
+        return Some(r#"{"type":"pong"}"#);
+    }
+    if (text.contains(r#""type":"error""#) || text.contains(r#""status":"error""#))
+        && errors.fetch_add(1, Relaxed) < 5
+    {
+        eprintln!("loadgen: error frame {text}");
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,17 +372,7 @@ impl Shared {
         match self.target {
             Target::Ours => {
                 if text.starts_with(r#"{"type":"room:message""#) {
-                    let seq = u64_after(text, r#""seq":"#);
-                    let sent = text
-                        .find(r#""payload":"#)
-                        .and_then(|p| u64_after(&text[p..], r#""t":"#));
-                    match (seq, sent) {
-                        (Some(seq), Some(sent)) => {
-                            self.record(0, sent);
-                            conn.see(seq);
-                        }
-                        _ => self.bad_frame(text),
-                    }
+                    self.on_sequenced(conn, text);
                 } else if text.starts_with(r#"{"type":"room:broadcast""#) {
                     match text.find(r#""payload":"#) {
                         Some(p) => self.on_event(conn, &text[p..]),
@@ -339,18 +387,7 @@ impl Shared {
             }
             Target::Notifications => {
                 if text.starts_with(r#"{"type":"notification:new""#) {
-                    // The envelope's seq comes first; the send time is the payload's "t".
-                    let seq = u64_after(text, r#""seq":"#);
-                    let sent = text
-                        .find(r#""payload":"#)
-                        .and_then(|p| u64_after(&text[p..], r#""t":"#));
-                    match (seq, sent) {
-                        (Some(seq), Some(sent)) => {
-                            self.record(0, sent);
-                            conn.see(seq);
-                        }
-                        _ => self.bad_frame(text),
-                    }
+                    self.on_sequenced(conn, text);
                 } else if text.ends_with(r#""type":"ping"}"#) {
                     return Some(r#"{"type":"pong"}"#);
                 } else if text.contains(r#""type":"error""#) || text.contains(r#""status":"error""#)
@@ -370,6 +407,23 @@ impl Shared {
             }
         }
         None
+    }
+
+    /// A `room:message` or `notification:new`: the envelope's seq comes first; the send time is
+    /// the payload's "t".
+    #[inline]
+    fn on_sequenced(&self, conn: &Conn, text: &str) {
+        let seq = u64_after(text, r#""seq":"#);
+        let sent = text
+            .find(r#""payload":"#)
+            .and_then(|p| u64_after(&text[p..], r#""t":"#));
+        match (seq, sent) {
+            (Some(seq), Some(sent)) => {
+                self.record(0, sent);
+                conn.see(seq);
+            }
+            _ => self.bad_frame(text),
+        }
     }
 
     /// A fan-out event payload `{"t":…,"s":…,"n":…,"pad":…}`.
@@ -441,7 +495,8 @@ pub(crate) async fn open(port: u16, path: &str) -> Result<Ws, BoxError> {
     Ok(ws)
 }
 
-async fn next_text(ws: &mut Ws) -> Result<String, BoxError> {
+/// The next text frame, within 60 s; other frames are passed over.
+pub(crate) async fn next_text(ws: &mut Ws) -> Result<String, BoxError> {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(60), ws.next())
             .await
@@ -556,18 +611,9 @@ async fn subscriber(
         }
     };
     let why = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                if let Some(reply) = shared.on_text(&conn, &text) {
-                    if let Err(e) = ws.send(Message::Text(reply.into())).await {
-                        break e.to_string();
-                    }
-                }
-            }
-            Some(Ok(Message::Close(frame))) => break format!("closed by the server: {frame:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => break e.to_string(),
-            None => break "the connection ended".to_owned(),
+        let message = ws.next().await;
+        if let Err(why) = on_message(&mut ws, message, |text| shared.on_text(&conn, text)).await {
+            break why;
         }
     };
     if shared.closed.fetch_add(1, Relaxed) < 5 {
@@ -639,7 +685,7 @@ async fn publisher(
                     tokio::select! {
                         biased;
                         message = ws.next() => {
-                            if let Err(why) = publisher_frame(&shared, &scratch, &mut ws, message).await {
+                            if let Err(why) = on_message(&mut ws, message, |text| shared.on_text(&scratch, text)).await {
                                 shared.step_done[step.index].fetch_add(1, Relaxed);
                                 break 'outer why;
                             }
@@ -659,7 +705,7 @@ async fn publisher(
                 shared.step_done[step.index].fetch_add(1, Relaxed);
             }
             message = ws.next() => {
-                if let Err(why) = publisher_frame(&shared, &scratch, &mut ws, message).await {
+                if let Err(why) = on_message(&mut ws, message, |text| shared.on_text(&scratch, text)).await {
                     break why;
                 }
             }
@@ -671,15 +717,17 @@ async fn publisher(
     }
 }
 
-async fn publisher_frame(
-    shared: &Shared,
-    scratch: &Conn,
+/// Handles one read from a client's socket: answers a text frame as `on_text` says; the reason
+/// when the connection is over.
+#[inline]
+pub(crate) async fn on_message(
     ws: &mut Ws,
     message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    on_text: impl FnOnce(&str) -> Option<&'static str>,
 ) -> Result<(), String> {
     match message {
         Some(Ok(Message::Text(text))) => {
-            if let Some(reply) = shared.on_text(scratch, &text) {
+            if let Some(reply) = on_text(&text) {
                 ws.send(Message::Text(reply.into()))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -742,17 +790,7 @@ async fn run(options: Options) -> Result<(), BoxError> {
         started.elapsed().as_secs_f64()
     );
 
-    // Commands come from stdin, read on a plain thread (tokio's stdin needs a feature this
-    // workspace does not enable).
-    let (command_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if command_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = stdin_commands();
     while let Some(line) = commands.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -777,7 +815,8 @@ async fn run(options: Options) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn quantiles(h: &Histogram) -> String {
+/// `p50_us=… p90_us=… p99_us=… p999_us=… max_us=…` of `h`.
+pub(crate) fn quantiles(h: &Histogram) -> String {
     format!(
         "p50_us={:.0} p90_us={:.0} p99_us={:.0} p999_us={:.0} max_us={}",
         h.quantile(0.5),

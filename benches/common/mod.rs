@@ -1,9 +1,12 @@
 //! Shared by the benches that drive the server: the server process, the load-generator process
 //! (this same bench binary re-executed with `--loadgen`), a latency histogram and readings of
-//! CPU time and RSS from /proc.
+//! CPU time and RSS from /proc. The load generator itself, the orchestrator's SQL writers and
+//! the Node.js servers compared against are in `loadgen`, `sql` and `node`.
 #![allow(dead_code)]
 
 pub(crate) mod loadgen;
+pub(crate) mod node;
+pub(crate) mod sql;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,6 +73,35 @@ pub(crate) fn token(user: &str, room: &str) -> String {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("encode a token")
+}
+
+/// A number from the environment (for exploring), else `default`.
+pub(crate) fn knob(name: &str, default: f64) -> Result<f64, BoxError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}: {e}"))?),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A comma-separated list of numbers from the environment (for exploring), else `default`.
+pub(crate) fn list_knob(name: &str, default: &[f64]) -> Result<Vec<f64>, BoxError> {
+    match std::env::var(name) {
+        Ok(list) => Ok(list
+            .split(',')
+            .map(|r| r.trim().parse::<f64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{name}: {e}"))?),
+        Err(_) => Ok(default.to_vec()),
+    }
+}
+
+/// A ladder's rates as a bench's first line shows them: `250/500/1000`.
+pub(crate) fn format_ladder(ladder: &[f64]) -> String {
+    ladder
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -188,6 +220,16 @@ impl Histogram {
     pub(crate) fn max_micros(&self) -> u64 {
         self.max.load(Ordering::Relaxed)
     }
+
+    /// `p50 … ms, p99 … ms, max … ms`, as the benches report round trips.
+    pub(crate) fn round_trips_ms(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.quantile(0.5) / 1000.0,
+            self.quantile(0.99) / 1000.0,
+            self.max_micros() as f64 / 1000.0,
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,6 +315,24 @@ pub(crate) struct CpuWatch {
 }
 
 impl CpuWatch {
+    /// The server, the load generator, PostgreSQL (the postmaster and its children) and this
+    /// process, labelled `me`, which runs the SQL writers.
+    pub(crate) fn with_writers(
+        server: u32,
+        loadgen: u32,
+        postmaster: u32,
+        me: &'static str,
+    ) -> CpuWatch {
+        CpuWatch {
+            procs: vec![
+                ("server", server, false),
+                ("load generator", loadgen, false),
+                ("PostgreSQL", postmaster, true),
+                (me, std::process::id(), false),
+            ],
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> CpuSnapshot {
         CpuSnapshot {
             at: Instant::now(),
@@ -362,6 +422,35 @@ impl MachineUse {
     }
 }
 
+/// Why a ladder step at `rate` failed, from its `STEP_DONE` line `done`: p99 over
+/// `goal_p99_ms`, anything lost, a connection closed, or the senders (`who`, sending `unit`)
+/// below 95 % of the rate. Empty when the step passed.
+pub(crate) fn step_failures(
+    done: &HashMap<String, String>,
+    rate: f64,
+    goal_p99_ms: f64,
+    who: &str,
+    unit: &str,
+) -> Vec<String> {
+    let p99 = num(done, "p99_us") / 1000.0;
+    let (lost, closed) = (num(done, "lost"), num(done, "closed"));
+    let sent_per_s = num(done, "sent_per_s");
+    let mut why = Vec::new();
+    if p99 > goal_p99_ms {
+        why.push(format!("p99 {p99:.1} ms > {goal_p99_ms} ms"));
+    }
+    if lost > 0.0 {
+        why.push(format!("{lost:.0} lost"));
+    }
+    if closed > 0.0 {
+        why.push(format!("{closed:.0} connections closed"));
+    }
+    if sent_per_s < 0.95 * rate {
+        why.push(format!("{who} reached only {sent_per_s:.0} {unit}"));
+    }
+    why
+}
+
 pub(crate) fn format_cpu(cpu: &[(&str, f64)]) -> String {
     cpu.iter()
         .map(|(label, pct)| format!("{label} {pct:.0}%"))
@@ -377,7 +466,7 @@ pub(crate) fn loadavg() -> String {
 }
 
 /// Cores available to us and the CPU model from /proc/cpuinfo.
-pub(crate) fn machine() -> String {
+pub(crate) fn cores_and_cpu() -> (usize, String) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -388,6 +477,12 @@ pub(crate) fn machine() -> String {
                 .map(|(_, model)| model.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
+    (cores, cpu)
+}
+
+/// Cores available to us, the CPU model and the memory.
+pub(crate) fn machine() -> String {
+    let (cores, cpu) = cores_and_cpu();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -412,6 +507,17 @@ pub(crate) fn open_files_limit() -> Option<u64> {
                 .and_then(|l| l.split_whitespace().nth(3))
                 .and_then(|v| v.parse().ok())
         })
+}
+
+/// The `machine:` line a bench of the server prints after its first: the machine, the load
+/// average and the open files limit.
+pub(crate) fn print_machine() {
+    println!(
+        "machine: {}; load average at start: {}; open files limit: {}",
+        machine(),
+        loadavg(),
+        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +583,15 @@ impl ServerProc {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Prints where the server and its PostgreSQL (on `pg_port`) listen.
+    pub(crate) fn print(&self, pg_port: u16) {
+        println!(
+            "server: pid {} on 127.0.0.1:{}; PostgreSQL on 127.0.0.1:{pg_port}",
+            self.pid(),
+            self.port,
+        );
+    }
 }
 
 impl Drop for ServerProc {
@@ -520,6 +635,55 @@ pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// The server's replication lag (commit to hub), read from its `/metrics` every 250 ms until
+/// stopped.
+pub(crate) struct LagSampler {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<f64>>,
+}
+
+impl LagSampler {
+    pub(crate) fn start(port: u16) -> LagSampler {
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut lags = Vec::new();
+            loop {
+                if let Some((200, text)) = http_get(port, "/metrics").await {
+                    if let Some(lag) = metric(&text, "triptrip_replication_lag_seconds") {
+                        lags.push(lag * 1000.0);
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            lags
+        });
+        LagSampler { stop, task }
+    }
+
+    /// Stops sampling; returns the lags in ms, sorted.
+    pub(crate) async fn stop(self) -> Result<Vec<f64>, BoxError> {
+        let _ = self.stop.send(true);
+        let mut lags = self.task.await?;
+        lags.sort_by(f64::total_cmp);
+        Ok(lags)
+    }
+}
+
+/// Prints the median and the largest of sorted `lags` (nothing when there are none).
+pub(crate) fn print_lags(lags: &[f64]) {
+    if !lags.is_empty() {
+        println!(
+            "server replication lag (commit to hub, /metrics every 250 ms while writing): median {:.1} ms, max {:.1} ms over {} samples",
+            lags[lags.len() / 2],
+            lags[lags.len() - 1],
+            lags.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,6 +750,49 @@ impl LoadgenProc {
         }
     }
 
+    /// Prints how many connections the `READY` line `ready` counts under `key`, with `what` they
+    /// did ("connections joined") and `more` after it; fails unless all `expected` did.
+    pub(crate) fn check_ready(
+        &self,
+        ready: &HashMap<String, String>,
+        key: &str,
+        what: &str,
+        expected: usize,
+        more: &str,
+    ) -> Result<(), BoxError> {
+        let got = num(ready, key) as usize;
+        println!(
+            "load generator: pid {}; {got} {what} in {:.1} s ({} failed){more}",
+            self.pid(),
+            num(ready, "connect_secs"),
+            num(ready, "failed")
+        );
+        if got != expected {
+            return Err(format!("only {got} of {expected} {what}").into());
+        }
+        Ok(())
+    }
+
+    /// Asks for `STATUS` every 100 ms until `expected` deliveries were received or `tail`
+    /// passed, then for the `REPORT`, which it returns.
+    pub(crate) async fn tail_report(
+        &mut self,
+        expected: u64,
+        tail: Duration,
+    ) -> Result<HashMap<String, String>, BoxError> {
+        let tail_start = Instant::now();
+        loop {
+            self.send("STATUS").await?;
+            let status = self.expect("STATUS", Duration::from_secs(30)).await?;
+            if num(&status, "received") as u64 >= expected || tail_start.elapsed() >= tail {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.send("REPORT").await?;
+        self.expect("REPORT", Duration::from_secs(30)).await
+    }
+
     pub(crate) async fn quit(mut self) {
         let _ = self.send("QUIT").await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
@@ -603,4 +810,17 @@ pub(crate) fn parse_kv(line: &str) -> HashMap<String, String> {
 /// A numeric field of a parsed line; 0 when missing.
 pub(crate) fn num(kv: &HashMap<String, String>, key: &str) -> f64 {
     kv.get(key).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+/// `p50 … ms, p90 … ms, p99 … ms, p99.9 … ms, max … ms` from a load generator's `REPORT`.
+pub(crate) fn latencies_ms(report: &HashMap<String, String>) -> String {
+    let ms = |key: &str| num(report, key) / 1000.0;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        ms("p50_us"),
+        ms("p90_us"),
+        ms("p99_us"),
+        ms("p999_us"),
+        ms("max_us"),
+    )
 }

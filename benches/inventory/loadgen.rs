@@ -22,7 +22,10 @@ use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::common::loadgen::{open, Ws};
+use super::common::loadgen::{
+    control_frame, from_positional_args, next_text, on_message, open, positional_args, quantiles,
+    run_process, stdin_commands, Ws,
+};
 use super::common::{token, u64_after, unix_nanos, BoxError, Histogram};
 
 /// Handshakes in flight while connecting.
@@ -32,13 +35,7 @@ const SHARDS: usize = 4;
 
 /// The arguments that start the load generator.
 pub(crate) fn args(port: u16, resources: usize, subs: usize) -> Vec<String> {
-    [
-        "--loadgen".to_owned(),
-        port.to_string(),
-        resources.to_string(),
-        subs.to_string(),
-    ]
-    .to_vec()
+    positional_args(port, resources, subs)
 }
 
 /// One subscriber's view of its resource's versions. Written only by its own task.
@@ -106,30 +103,9 @@ impl Shared {
                     }
                 }
             }
-        } else if text.contains(r#""type":"ping""#) {
-            return Some(r#"{"type":"pong"}"#);
-        } else if (text.contains(r#""type":"error""#) || text.contains(r#""status":"error""#))
-            && self.errors.fetch_add(1, Relaxed) < 5
-        {
-            eprintln!("loadgen: error frame {text}");
-        }
-        None
-    }
-}
-
-async fn next_text(ws: &mut Ws) -> Result<String, BoxError> {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(60), ws.next())
-            .await
-            .map_err(|_| "no frame within 60 s")?;
-        match message {
-            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!("closed by the server: {frame:?}").into())
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err("the connection ended".into()),
+            None
+        } else {
+            control_frame(text, &self.errors)
         }
     }
 }
@@ -187,18 +163,10 @@ async fn subscriber(
     };
     let shard = shared.next_shard.fetch_add(1, Relaxed) % SHARDS;
     let why = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                if let Some(reply) = shared.on_text(&conn, shard, &text) {
-                    if let Err(e) = ws.send(Message::Text(reply.into())).await {
-                        break e.to_string();
-                    }
-                }
-            }
-            Some(Ok(Message::Close(frame))) => break format!("closed by the server: {frame:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => break e.to_string(),
-            None => break "the connection ended".to_owned(),
+        let message = ws.next().await;
+        let on_text = |text: &str| shared.on_text(&conn, shard, text);
+        if let Err(why) = on_message(&mut ws, message, on_text).await {
+            break why;
         }
     };
     if shared.closed.fetch_add(1, Relaxed) < 5 {
@@ -217,14 +185,9 @@ fn report(shared: &Shared) {
         disorder += conn.disorder.load(Relaxed);
     }
     println!(
-        "REPORT received={} p50_us={:.0} p90_us={:.0} p99_us={:.0} p999_us={:.0} max_us={} \
-         gaps={gaps} disorder={disorder} closed={} errors={} unparsed={}",
+        "REPORT received={} {} gaps={gaps} disorder={disorder} closed={} errors={} unparsed={}",
         all.count(),
-        all.quantile(0.5),
-        all.quantile(0.9),
-        all.quantile(0.99),
-        all.quantile(0.999),
-        all.max_micros(),
+        quantiles(&all),
         shared.closed.load(Relaxed),
         shared.errors.load(Relaxed),
         shared.unparsed.load(Relaxed),
@@ -255,16 +218,7 @@ async fn run(port: u16, resources: usize, subs: usize) -> Result<(), BoxError> {
         shared.failed.load(Relaxed),
         started.elapsed().as_secs_f64()
     );
-    // Commands come from stdin, read on a plain thread.
-    let (command_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if command_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = stdin_commands();
     while let Some(line) = commands.recv().await {
         match line.trim() {
             "STATUS" => println!(
@@ -283,24 +237,6 @@ async fn run(port: u16, resources: usize, subs: usize) -> Result<(), BoxError> {
 
 /// Entry point of the `--loadgen` process: `--loadgen PORT RESOURCES SUBS`; never returns.
 pub(crate) fn main(args: &[String]) -> ! {
-    let at = args.iter().position(|a| a == "--loadgen").unwrap_or(0);
-    let number = |i: usize| args.get(at + i).and_then(|a| a.parse::<usize>().ok());
-    let (Some(port), Some(resources), Some(subs)) = (number(1), number(2), number(3)) else {
-        eprintln!("loadgen: usage: --loadgen PORT RESOURCES SUBS");
-        std::process::exit(2);
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = runtime.block_on(async move {
-        match run(port as u16, resources, subs).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("loadgen: {e}");
-                1
-            }
-        }
-    });
-    std::process::exit(code)
+    let (port, resources, subs) = from_positional_args(args, "--loadgen PORT RESOURCES SUBS");
+    run_process(run(port, resources, subs))
 }

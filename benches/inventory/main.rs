@@ -30,12 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::sql::{connect, write_paced, PacedWriter};
 use common::{
-    format_cpu, loadavg, machine, num, open_files_limit, postmaster_pid, rss_kb, BoxError,
+    format_cpu, latencies_ms, loadavg, num, postmaster_pid, print_machine, rss_kb, BoxError,
     CpuWatch, Histogram, LoadgenProc, ServerProc,
 };
 use pgcluster::Cluster;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Statement};
 
 const HOT_RESOURCES: usize = 4;
 const UNITS_PER_HOT_RESOURCE: i32 = 3_000;
@@ -57,12 +58,20 @@ fn main() {
     common::bench_main_with("inventory", run, loadgen::main);
 }
 
-async fn connect(url: &str) -> Result<Client, BoxError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+/// Writer `w` updates resources `w`, `w + WRITERS`, … in turn.
+struct Writer {
+    w: usize,
+    client: Client,
+    statement: Statement,
+}
+
+impl PacedWriter for Writer {
+    async fn write(&mut self, j: usize) -> Result<Duration, tokio_postgres::Error> {
+        let resource = format!("bench:item:{}", (self.w + j * WRITERS) % RESOURCES);
+        let sent = Instant::now();
+        self.client.execute(&self.statement, &[&resource]).await?;
+        Ok(sent.elapsed())
+    }
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -71,24 +80,14 @@ async fn run() -> Result<(), BoxError> {
          (2) {RESOURCES} resources x {SUBS} WebSocket subscribers, {WRITERS} SQL writers, \
          {UPDATES_PER_S:.0} updates/s for {WRITE_SECS:.0} s"
     );
-    println!(
-        "machine: {}; load average at start: {}; open files limit: {}",
-        machine(),
-        loadavg(),
-        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
-    );
+    print_machine();
     let cluster =
         tokio::task::spawn_blocking(|| Cluster::temporary_with(&[("max_connections", "200")]))
             .await??;
     let url = cluster.url("postgres");
     let server = ServerProc::start(&url).await?;
     let postmaster = postmaster_pid(cluster.pgdata()).ok_or("no postmaster.pid")?;
-    println!(
-        "server: pid {} on 127.0.0.1:{}; PostgreSQL on 127.0.0.1:{}",
-        server.pid(),
-        server.port,
-        cluster.port()
-    );
+    server.print(cluster.port());
     let sql = connect(&url).await?;
 
     let (reservations_per_s, oversold) = reservations(&url, &sql, &server, postmaster).await?;
@@ -204,12 +203,10 @@ async fn reservations(
     println!(
         "reservations: {confirmed} confirmed in {secs:.2} s = {per_s:.0}/s ({:.0}/s per resource), {rejected} rejected; \
          {ended_on_rejection} of {RESERVERS} reservers ended on a rejection, {} failed; \
-         call round trip incl. commit p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+         call round trip incl. commit {}",
         per_s / HOT_RESOURCES as f64,
         failures.load(Ordering::Relaxed),
-        round_trip.quantile(0.5) / 1000.0,
-        round_trip.quantile(0.99) / 1000.0,
-        round_trip.max_micros() as f64 / 1000.0,
+        round_trip.round_trips_ms(),
     );
     println!(
         "stock check: {stock} units, {held} confirmed in realtime.reservations, {left} left; CPU (% of one core): {}",
@@ -245,16 +242,7 @@ async fn updates(
     let conns = RESOURCES * SUBS;
     let mut lg = LoadgenProc::spawn_args(&loadgen::args(server.port, RESOURCES, SUBS))?;
     let ready = lg.expect("READY", Duration::from_secs(300)).await?;
-    let subscribed = num(&ready, "subscribed") as usize;
-    println!(
-        "load generator: pid {}; {subscribed} connections subscribed in {:.1} s ({} failed)",
-        lg.pid(),
-        num(&ready, "connect_secs"),
-        num(&ready, "failed")
-    );
-    if subscribed != conns {
-        return Err(format!("only {subscribed} of {conns} connections subscribed").into());
-    }
+    lg.check_ready(&ready, "subscribed", "connections subscribed", conns, "")?;
     tokio::time::sleep(SETTLE).await;
     let rss_idle = rss_kb(server.pid());
     let rss_per_conn = rss_idle.saturating_sub(rss_before) as f64 / conns as f64;
@@ -264,7 +252,7 @@ async fn updates(
     );
 
     let mut writers = Vec::new();
-    for _ in 0..WRITERS {
+    for w in 0..WRITERS {
         let client = connect(url).await?;
         let statement = client
             .prepare(
@@ -272,87 +260,36 @@ async fn updates(
                  WHERE resource_id = $1",
             )
             .await?;
-        writers.push((client, statement));
+        writers.push(Writer {
+            w,
+            client,
+            statement,
+        });
     }
-    let watch = CpuWatch {
-        procs: vec![
-            ("server", server.pid(), false),
-            ("load generator", lg.pid(), false),
-            ("PostgreSQL", postmaster, true),
-            ("orchestrator+writers", std::process::id(), false),
-        ],
-    };
+    let watch = CpuWatch::with_writers(server.pid(), lg.pid(), postmaster, "orchestrator+writers");
     println!("load average before writing: {}", loadavg());
-    let commit_rtt = Arc::new(Histogram::default());
-    let failures = Arc::new(AtomicU64::new(0));
     let per_writer = UPDATES_PER_S / WRITERS as f64;
     let cpu_start = watch.snapshot();
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let end = start + Duration::from_secs_f64(WRITE_SECS);
-    let mut tasks = Vec::new();
-    for (w, (client, statement)) in writers.into_iter().enumerate() {
-        let (commit_rtt, failures) = (commit_rtt.clone(), failures.clone());
-        tasks.push(tokio::spawn(async move {
-            let period = 1.0 / per_writer;
-            let offset = w as f64 * period / WRITERS as f64;
-            let mut written = 0u64;
-            let mut j = 0usize;
-            loop {
-                let at = start + Duration::from_secs_f64(offset + j as f64 * period);
-                if at >= end {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                let resource = format!("bench:item:{}", (w + j * WRITERS) % RESOURCES);
-                let sent = Instant::now();
-                match client.execute(&statement, &[&resource]).await {
-                    Ok(_) => {
-                        written += 1;
-                        commit_rtt.record(sent.elapsed().as_micros() as u64);
-                    }
-                    Err(e) => {
-                        if failures.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("writer {w}: {e}");
-                        }
-                    }
-                }
-                j += 1;
-            }
-            written
-        }));
-    }
-    let mut updates = 0u64;
-    for task in tasks {
-        updates += task.await?;
-    }
+    let writes = write_paced(writers, per_writer, start, end).await?;
+    let updates = writes.written;
     let cpu = watch.percent(&cpu_start, &watch.snapshot());
     let wrote_secs = start.elapsed().as_secs_f64();
     println!("load average after writing: {}", loadavg());
 
     let expected = updates * SUBS as u64;
-    let tail_start = Instant::now();
-    loop {
-        lg.send("STATUS").await?;
-        let status = lg.expect("STATUS", Duration::from_secs(30)).await?;
-        if num(&status, "received") as u64 >= expected || tail_start.elapsed() >= TAIL {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    lg.send("REPORT").await?;
-    let report = lg.expect("REPORT", Duration::from_secs(30)).await?;
+    let report = lg.tail_report(expected, TAIL).await?;
     lg.quit().await;
     let received = num(&report, "received") as u64;
     let lost = expected.saturating_sub(received);
     let ms = |key: &str| num(&report, key) / 1000.0;
     println!(
-        "writers: {updates} updates committed in {wrote_secs:.1} s ({:.0}/s, {} failed); statement round trip incl. commit \
-         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "writers: {updates} updates committed in {wrote_secs:.1} s ({:.0}/s, {} failed); \
+         statement round trip incl. commit {}",
         updates as f64 / wrote_secs,
-        failures.load(Ordering::Relaxed),
-        commit_rtt.quantile(0.5) / 1000.0,
-        commit_rtt.quantile(0.99) / 1000.0,
-        commit_rtt.max_micros() as f64 / 1000.0,
+        writes.failures,
+        writes.round_trips.round_trips_ms(),
     );
     println!(
         "deliveries: {received} of {expected} expected ({lost} lost); per-connection version checks: {} skipped, \
@@ -363,13 +300,8 @@ async fn updates(
         num(&report, "errors"),
     );
     println!(
-        "update-to-subscriber latency (transaction start to client): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, \
-         p99.9 {:.2} ms, max {:.2} ms",
-        ms("p50_us"),
-        ms("p90_us"),
-        ms("p99_us"),
-        ms("p999_us"),
-        ms("max_us"),
+        "update-to-subscriber latency (transaction start to client): {}",
+        latencies_ms(&report)
     );
     println!("CPU while writing (% of one core): {}", format_cpu(&cpu));
     let lost = lost + num(&report, "gaps") as u64;

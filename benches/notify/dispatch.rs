@@ -7,8 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 use pgcluster::Cluster;
 use tokio_postgres::Client;
 
-use super::{plural, prepare, server, sql, Plan, Providers, CHANNELS};
+use super::{plural, prepare, server, Plan, Providers, CHANNELS};
 use crate::common::loadgen::PAD;
+use crate::common::sql;
 use crate::common::{
     format_cpu, http_get, loadavg, metric, BoxError, CpuWatch, MachineCpu, ServerProc,
 };
@@ -91,7 +92,7 @@ pub(crate) async fn run(
     // psql, synchronously: on a worker thread of the multi-threaded runtime.
     let url = tokio::task::block_in_place(|| cluster.create_database(&db))?;
     let server = server(providers, &url, &format!("bench_{db}"), workers).await?;
-    let client = sql(&url).await?;
+    let client = sql::connect(&url).await?;
     prepare(&client, plan, &providers.webhook.url()).await?;
     println!(
         "server: pid {} on 127.0.0.1:{}, database {db}; load average {}",

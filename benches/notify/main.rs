@@ -39,14 +39,14 @@ mod in_app;
 
 use std::path::PathBuf;
 
-use common::{loadavg, machine, open_files_limit, postmaster_pid, BoxError, ServerProc};
+use common::{knob, postmaster_pid, print_machine, BoxError, ServerProc};
 use dispatch::DispatchRun;
 use pgcluster::Cluster;
 use standins::fcm::FcmStandIn;
 use standins::sms::SmsStandIn;
 use standins::smtp::SmtpStandIn;
 use standins::webhook::WebhookStandIn;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const USERS: usize = 1_000;
 /// Each commit waits for a WAL flush (about 3 ms here, more under load): 50 writers at 20/s
@@ -68,14 +68,6 @@ const CHANNELS: [&str; 4] = ["webhook", "push", "email", "sms"];
 
 fn main() {
     common::bench_main("notify", run);
-}
-
-/// A number from the environment (for exploring), else `default`.
-fn knob(name: &str, default: f64) -> Result<f64, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}: {e}"))?),
-        Err(_) => Ok(default),
-    }
 }
 
 struct Plan {
@@ -111,12 +103,7 @@ async fn run() -> Result<(), BoxError> {
         plan.write_secs,
         plan.backlog,
     );
-    println!(
-        "machine: {}; load average at start: {}; open files limit: {}",
-        machine(),
-        loadavg(),
-        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
-    );
+    print_machine();
 
     let providers = Providers::start().await?;
     let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
@@ -286,14 +273,6 @@ async fn server(
     envs.push(("TRIPTRIP_DISPATCHERS".into(), workers.to_string()));
     envs.push(("TRIPTRIP_SLOT".into(), slot.to_owned()));
     ServerProc::start_with(url, &envs).await
-}
-
-async fn sql(url: &str) -> Result<Client, BoxError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 /// The bench's users (the load generator's names), with every contact point and no

@@ -24,7 +24,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::common::loadgen::{open, Ws};
+use super::common::loadgen::{
+    control_frame, from_positional_args, next_text, on_message, open, positional_args, quantiles,
+    run_process, stdin_commands, Ws,
+};
 use super::common::{token, u64_after, unix_nanos, BoxError, Histogram};
 
 /// Handshakes in flight while connecting.
@@ -39,13 +42,7 @@ const ONLINE: u8 = 2;
 
 /// The arguments that start the load generator.
 pub(crate) fn args(port: u16, users: usize, rooms: usize) -> Vec<String> {
-    [
-        "--loadgen".to_owned(),
-        port.to_string(),
-        users.to_string(),
-        rooms.to_string(),
-    ]
-    .to_vec()
+    positional_args(port, users, rooms)
 }
 
 /// The user (token `sub`) of client `index`.
@@ -111,30 +108,9 @@ impl Shared {
                     }
                 }
             }
-        } else if text.contains(r#""type":"ping""#) {
-            return Some(r#"{"type":"pong"}"#);
-        } else if (text.contains(r#""type":"error""#) || text.contains(r#""status":"error""#))
-            && self.errors.fetch_add(1, Relaxed) < 5
-        {
-            eprintln!("loadgen: error frame {text}");
-        }
-        None
-    }
-}
-
-async fn next_text(ws: &mut Ws) -> Result<String, BoxError> {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(60), ws.next())
-            .await
-            .map_err(|_| "no frame within 60 s")?;
-        match message {
-            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!("closed by the server: {frame:?}").into())
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err("the connection ended".into()),
+            None
+        } else {
+            control_frame(text, &self.errors)
         }
     }
 }
@@ -195,19 +171,11 @@ async fn client(
         ));
     let why = loop {
         tokio::select! {
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = shared.on_text(&text) {
-                        if let Err(e) = ws.send(Message::Text(reply.into())).await {
-                            break e.to_string();
-                        }
-                    }
+            message = ws.next() => {
+                if let Err(why) = on_message(&mut ws, message, |text| shared.on_text(text)).await {
+                    break why;
                 }
-                Some(Ok(Message::Close(frame))) => break format!("closed by the server: {frame:?}"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break e.to_string(),
-                None => break "the connection ended".to_owned(),
-            },
+            }
             order = orders.recv() => match order {
                 Some(Order::Set(status)) => {
                     let name = if status == DND { "dnd" } else { "online" };
@@ -297,14 +265,10 @@ async fn run_load(shared: &Shared, changes_per_s: f64, reconnects_per_s: f64, se
     }
     let h = &shared.latency;
     println!(
-        "DONE changes={changes} reconnects={reconnects} expected={expected} received={} \
-         p50_us={:.0} p90_us={:.0} p99_us={:.0} p999_us={:.0} max_us={} unexpected={} closed={} errors={}",
+        "DONE changes={changes} reconnects={reconnects} expected={expected} received={} {} \
+         unexpected={} closed={} errors={}",
         h.count() - received_before,
-        h.quantile(0.5),
-        h.quantile(0.9),
-        h.quantile(0.99),
-        h.quantile(0.999),
-        h.max_micros(),
+        quantiles(h),
         shared.unexpected.load(Relaxed) - unexpected_before,
         shared.closed.load(Relaxed) - closed_before,
         shared.errors.load(Relaxed),
@@ -342,16 +306,7 @@ async fn run(port: u16, users: usize, rooms: usize) -> Result<(), BoxError> {
         shared.watched.load(Relaxed),
         started.elapsed().as_secs_f64()
     );
-    // Commands come from stdin, read on a plain thread.
-    let (command_tx, mut commands) = mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if command_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut commands = stdin_commands();
     while let Some(line) = commands.recv().await {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -375,24 +330,6 @@ async fn run(port: u16, users: usize, rooms: usize) -> Result<(), BoxError> {
 
 /// Entry point of the `--loadgen` process: `--loadgen PORT USERS ROOMS`; never returns.
 pub(crate) fn main(args: &[String]) -> ! {
-    let at = args.iter().position(|a| a == "--loadgen").unwrap_or(0);
-    let number = |i: usize| args.get(at + i).and_then(|a| a.parse::<usize>().ok());
-    let (Some(port), Some(users), Some(rooms)) = (number(1), number(2), number(3)) else {
-        eprintln!("loadgen: usage: --loadgen PORT USERS ROOMS");
-        std::process::exit(2);
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let code = runtime.block_on(async move {
-        match run(port as u16, users, rooms).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("loadgen: {e}");
-                1
-            }
-        }
-    });
-    std::process::exit(code)
+    let (port, users, rooms) = from_positional_args(args, "--loadgen PORT USERS ROOMS");
+    run_process(run(port, users, rooms))
 }

@@ -31,12 +31,13 @@ mod loadgen;
 
 use std::time::{Duration, Instant};
 
+use common::sql::connect;
 use common::{
-    format_cpu, http_get, loadavg, machine, metric, num, open_files_limit, postmaster_pid, rss_kb,
+    format_cpu, http_get, knob, loadavg, metric, num, postmaster_pid, print_machine, rss_kb,
     BoxError, CpuWatch, LoadgenProc, ServerProc,
 };
 use pgcluster::Cluster;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const USERS: usize = 10_000;
 const ROOMS: usize = 1_000;
@@ -52,22 +53,6 @@ const GOAL_WRITES_PER_S: f64 = 50.0;
 
 fn main() {
     common::bench_main_with("presence", run, loadgen::main);
-}
-
-async fn connect(url: &str) -> Result<Client, BoxError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-/// A number from the environment (for exploring), else `default`.
-fn knob(name: &str, default: f64) -> Result<f64, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => Ok(v.parse().map_err(|e| format!("{name}: {e}"))?),
-        Err(_) => Ok(default),
-    }
 }
 
 /// Counters read at one moment.
@@ -170,12 +155,7 @@ async fn run() -> Result<(), BoxError> {
         USERS / ROOMS,
         USERS / ROOMS - 1
     );
-    println!(
-        "machine: {}; load average at start: {}; open files limit: {}",
-        machine(),
-        loadavg(),
-        open_files_limit().map_or_else(|| "?".into(), |n| n.to_string())
-    );
+    print_machine();
     let cluster = tokio::task::spawn_blocking(Cluster::temporary).await??;
     let url = cluster.url("postgres");
     let server = ServerProc::start(&url).await?;
@@ -189,28 +169,15 @@ async fn run() -> Result<(), BoxError> {
         &[&(USERS as i32), &(ROOMS as i32)],
     )
     .await?;
-    println!(
-        "server: pid {} on 127.0.0.1:{}; PostgreSQL on 127.0.0.1:{}",
-        server.pid(),
-        server.port,
-        cluster.port()
-    );
+    server.print(cluster.port());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before = rss_kb(server.pid());
 
     let mut lg = LoadgenProc::spawn_args(&loadgen::args(server.port, USERS, ROOMS))?;
     let ready = lg.expect("READY", Duration::from_secs(600)).await?;
-    let subscribed = num(&ready, "subscribed") as usize;
-    println!(
-        "load generator: pid {}; {subscribed} clients subscribed in {:.1} s ({} failed), watching {:.1} users each",
-        lg.pid(),
-        num(&ready, "connect_secs"),
-        num(&ready, "failed"),
-        num(&ready, "watched") / subscribed.max(1) as f64
-    );
-    if subscribed != USERS {
-        return Err(format!("only {subscribed} of {USERS} clients subscribed").into());
-    }
+    let watching = num(&ready, "watched") / (num(&ready, "subscribed") as usize).max(1) as f64;
+    let watching = format!(", watching {watching:.1} users each");
+    lg.check_ready(&ready, "subscribed", "clients subscribed", USERS, &watching)?;
     tokio::time::sleep(SETTLE).await;
     let sessions: i64 = db
         .query_one("SELECT count(*) FROM realtime.presence_sessions", &[])
