@@ -468,6 +468,17 @@ async fn delivery(sql: &Sql, id: i64, channel: &str) -> (String, i32, SystemTime
     (row.get(0), row.get(1), row.get(2))
 }
 
+/// `deferred` events in the delivery history (pushes held for do-not-disturb).
+async fn deferred_events(sql: &Sql) -> i64 {
+    sql.query_one(
+        "SELECT count(*) FROM realtime.notification_delivery_events WHERE event = 'deferred'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_back_off_1_5_30_120_minutes_and_24_hours_then_fail() {
     let providers = Providers::start().await;
@@ -585,15 +596,7 @@ async fn do_not_disturb_holds_push_in_the_users_own_time_zone() {
     d.round().await.unwrap();
     assert_eq!(delivery(&sql, booking, "push").await.0, "sent");
     assert_eq!(providers.fcm.message_count(), 2);
-    let deferred: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM realtime.notification_delivery_events WHERE event = 'deferred'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(deferred, 1);
+    assert_eq!(deferred_events(&sql).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,15 +667,7 @@ async fn a_batch_held_for_do_not_disturb_does_not_delay_the_deliveries_behind_it
         ("pending", 0, 30)
     );
     assert_eq!(row.get::<_, SystemTime>(2), SystemTime::from(morning));
-    let deferred: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM realtime.notification_delivery_events WHERE event = 'deferred'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(deferred, 30);
+    assert_eq!(deferred_events(&sql).await, 30);
     assert!(providers
         .fcm
         .messages()
@@ -754,15 +749,7 @@ async fn a_claim_checks_do_not_disturb_on_the_rows_it_claims_only() {
         schedule().await,
         [(created, 800), (SystemTime::from(morning), 200)]
     );
-    let deferred: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM realtime.notification_delivery_events WHERE event = 'deferred'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(deferred, 200);
+    assert_eq!(deferred_events(&sql).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

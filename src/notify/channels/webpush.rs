@@ -60,6 +60,10 @@ pub struct WebPushSettings {
         long,
         global = true,
         env = "TRIPTRIP_WEBPUSH_ALLOW_PRIVATE",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub webpush_allow_private: bool,
