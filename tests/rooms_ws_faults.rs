@@ -159,8 +159,10 @@ async fn every_committed_event_reaches_every_client_exactly_once_across_a_kill_9
         committed.load(Ordering::Relaxed) >= 400
     })
     .await;
-    server.kill_and_restart().await;
-    let at_restart = committed.load(Ordering::Relaxed);
+    server.kill9();
+    // Read at the kill: on a busy machine the writer may well finish during the restart.
+    let at_kill = committed.load(Ordering::Relaxed);
+    server.restart().await;
 
     let (targets_tx, targets_rx) = tokio::sync::watch::channel(None);
     let mut before = Vec::new();
@@ -190,8 +192,8 @@ async fn every_committed_event_reaches_every_client_exactly_once_across_a_kill_9
 
     writer.await.unwrap();
     assert!(
-        at_restart < KILL_WRITES as usize,
-        "the restart happened during the writes"
+        at_kill < KILL_WRITES as usize,
+        "the kill happened during the writes"
     );
     let stored: Vec<(String, i64, i32)> = sql
         .query(

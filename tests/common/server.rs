@@ -87,6 +87,11 @@ impl TestServer {
     /// `kill -9`, then start again on the same port and database.
     pub async fn kill_and_restart(&mut self) {
         self.kill9();
+        self.restart().await;
+    }
+
+    /// Starts the server again (after [`Self::kill9`]) and waits until it is ready.
+    pub async fn restart(&mut self) {
         self.spawn().await;
     }
 
