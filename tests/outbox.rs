@@ -164,7 +164,7 @@ async fn a_relay_killed_mid_batch_loses_nothing() {
     assert!(receiver.request_count() > 0, "the relay started sending");
     server.kill9();
     receiver.hold(Duration::ZERO);
-    server.kill_and_restart().await;
+    server.restart().await;
     drained(&sql).await;
     let hooks = received(&receiver);
     let mut first_seen = Vec::new();
